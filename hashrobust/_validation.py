@@ -1,0 +1,35 @@
+"""Input checks with one message shape (see ../shared/STYLE.md, item 5).
+
+    The 'ratio' parameter of HashedLinear must be a number >= 1. Got 0.5 instead.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from numbers import Integral, Real
+
+
+def check_number(value: object, name: str, owner: str, *, low: float | None = None,
+                 high: float | None = None, integer: bool = False) -> float | int:
+    """Return `value` if it is a finite (integer) number within [low, high]; else raise ValueError."""
+    kind = "an integer" if integer else "a number"
+    bounds = []
+    if low is not None:
+        bounds.append(f">= {low:g}")
+    if high is not None:
+        bounds.append(f"<= {high:g}")
+    allowed = f"{kind} {' and '.join(bounds)}".strip()
+    ok_type = isinstance(value, Integral) if integer else isinstance(value, Real)
+    if isinstance(value, bool) or not ok_type:
+        raise ValueError(f"The '{name}' parameter of {owner} must be {allowed}. Got {value!r} instead.")
+    if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"The '{name}' parameter of {owner} must be {allowed}. Got {value!r} instead.")
+    return value
+
+
+def check_choice(value: object, name: str, choices: Iterable[str]) -> str:
+    """Return `value` if it is one of `choices`; else raise ValueError listing them."""
+    choices = sorted(choices)
+    if value not in choices:
+        raise ValueError(f"Unknown {name} {value!r}; choose one of: {', '.join(choices)}.")
+    return value  # type: ignore[return-value]
