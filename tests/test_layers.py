@@ -1,0 +1,208 @@
+"""HashedLinear / HashedConv2d against dense oracles, their gradients, checkpoints, cache and compress()."""
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hashrobust.layers import HashedConv2d, HashedLinear, compress, count_parameters
+
+
+def _saved_bytes(module: nn.Module) -> int:
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    return buffer.tell()
+
+
+def _expanded(layer) -> torch.Tensor:
+    return layer.sign * layer.weight.detach()[layer.bucket]  # the definition, by plain indexing
+
+
+def test_virtual_weight_is_sign_times_gathered_real_weight():
+    layer = HashedLinear(7, 5, ratio=4, seed=2)
+    assert layer.weight.shape == (9,)  # ceil(35 / 4)
+    assert torch.equal(layer.virtual_weight().detach(), _expanded(layer))
+
+
+def test_linear_matches_dense_oracle():
+    torch.manual_seed(0)
+    layer = HashedLinear(20, 6, ratio=3, seed=1)
+    x = torch.randn(4, 20)
+    assert torch.allclose(layer(x), F.linear(x, _expanded(layer), layer.bias), atol=1e-6)
+
+
+def test_conv_matches_dense_oracle():
+    torch.manual_seed(0)
+    conv = HashedConv2d(3, 4, 3, ratio=5, seed=9, stride=2, padding=1)
+    x = torch.randn(2, 3, 9, 9)
+    expected = F.conv2d(x, _expanded(conv), conv.bias, stride=2, padding=1)
+    assert conv(x).shape == (2, 4, 5, 5)
+    assert torch.allclose(conv(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: HashedLinear(6, 5, ratio=3, seed=1), (3, 6)),
+    (lambda: HashedConv2d(2, 3, 3, ratio=2, seed=4, padding=1), (2, 2, 5, 5)),
+])
+def test_gradcheck_float64(make, shape):
+    torch.manual_seed(0)
+    layer = make().double()
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: torch.func.functional_call(layer, {"weight": w, "bias": b}, (x,)),
+                                     (x, layer.weight, layer.bias))
+
+
+def test_real_weight_gradient_is_the_signed_bucket_sum():
+    torch.manual_seed(0)
+    layer = HashedLinear(30, 20, ratio=8, seed=0)
+    x = torch.randn(5, 30)
+    layer(x).pow(2).sum().backward()
+    ours = layer.weight.grad.clone()
+    w = layer.weight.detach().clone().requires_grad_()
+    F.linear(x, layer.sign * w[layer.bucket], layer.bias.detach()).pow(2).sum().backward()  # autograd's index backward
+    assert torch.allclose(ours, w.grad, atol=1e-5)
+
+
+def test_state_dict_holds_only_real_weights_bias_and_hash_seed():
+    layer = HashedLinear(784, 1000, ratio=64, seed=11)
+    state = layer.state_dict()
+    assert set(state) == {"weight", "bias", "_extra_state"}
+    assert state["_extra_state"] == {"hash_seed": 11, "ratio": 64.0}
+    assert state["weight"].shape == (12_250,)
+
+
+def test_checkpoint_round_trip_rebuilds_the_hash_from_the_stored_seed():
+    layer = HashedConv2d(3, 8, 3, ratio=4, seed=5)
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    buffer.seek(0)
+    other = HashedConv2d(3, 8, 3, ratio=4, seed=0)  # another seed: the checkpoint's must win
+    other.load_state_dict(torch.load(buffer, weights_only=True))
+    assert other.seed == 5
+    assert torch.equal(other.bucket, layer.bucket) and torch.equal(other.sign, layer.sign)
+    x = torch.rand(2, 3, 6, 6)
+    assert torch.equal(other(x), layer(x))
+
+
+@pytest.mark.parametrize("bias, low, high", [(False, 60, 64.01), (True, 55, 60)])
+def test_ratio_64_checkpoint_is_about_a_64th_of_the_dense_one(bias, low, high):
+    dense = _saved_bytes(nn.Linear(784, 1000, bias=bias))
+    hashed = _saved_bytes(HashedLinear(784, 1000, ratio=64, bias=bias))
+    # with bias: (784000 + 1000) / (12250 + 1000) = 59.2 parameters; file headers shave a little off
+    assert low <= dense / hashed <= high
+
+
+def test_cached_virtual_weight_is_reused_and_invalidated_on_change():
+    layer = HashedLinear(50, 40, ratio=8)
+    with torch.no_grad():
+        first = layer.virtual_weight()
+        assert layer.virtual_weight() is first
+        layer.weight.mul_(2)  # in-place edit bumps the version counter
+        second = layer.virtual_weight()
+    assert second is not first
+    assert torch.allclose(second, 2 * first)
+
+
+def test_frozen_weights_use_the_cache_and_give_the_same_input_gradient():
+    torch.manual_seed(0)
+    layer = HashedLinear(30, 10, ratio=4)
+    x = torch.randn(3, 30, requires_grad=True)
+    (g_live,) = torch.autograd.grad(layer(x).sum(), x)
+    layer.requires_grad_(False)
+    v = layer.virtual_weight()
+    assert layer.virtual_weight() is v and not v.requires_grad
+    (g_cached,) = torch.autograd.grad(layer(x).sum(), x)
+    assert torch.allclose(g_live, g_cached)
+
+
+def test_training_updates_invalidate_the_cache():
+    torch.manual_seed(0)
+    layer = HashedLinear(10, 4, ratio=2)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    x = torch.randn(8, 10)
+    with torch.no_grad():
+        before = layer(x)
+    layer(x).sum().backward()
+    opt.step()
+    with torch.no_grad():
+        after = layer(x)
+        assert torch.allclose(after, F.linear(x, _expanded(layer), layer.bias), atol=1e-6)
+    assert not torch.allclose(before, after)
+
+
+def test_dtype_conversion_keeps_the_layer_consistent():
+    layer = HashedLinear(10, 4, ratio=2).double()
+    assert layer.sign.dtype == torch.float64 and layer.bucket.dtype == torch.int64
+    assert layer(torch.randn(2, 10, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_extra_repr_names_ratio_and_sizes():
+    text = repr(HashedLinear(784, 1000, ratio=64))
+    assert "ratio=64" in text and "virtual=784000" in text and "real=12250" in text and "in_features=784" in text
+
+
+@pytest.mark.parametrize("ratio", [0.99, 0, -1, float("nan"), float("inf"), "2", None])
+def test_bad_ratio_raises_with_allowed_range(ratio):
+    with pytest.raises(ValueError, match=r"'ratio' parameter of HashedLinear must be a number >= 1\. Got"):
+        HashedLinear(4, 4, ratio=ratio)
+    with pytest.raises(ValueError, match=r"'ratio' parameter of compress must be a number >= 1"):
+        compress(nn.Linear(4, 4), ratio)
+
+
+def _small_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 16), nn.ReLU(),
+                         nn.Linear(16, 10))
+
+
+def test_compress_returns_a_new_model_and_leaves_the_original_alone():
+    dense = _small_net()
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    hashed = compress(dense, ratio=4)
+    assert hashed is not dense
+    assert all(torch.equal(before[k], v) for k, v in dense.state_dict().items())
+    assert isinstance(hashed[3], HashedLinear) and isinstance(hashed[5], HashedLinear)
+    assert isinstance(hashed[0], nn.Conv2d) and not isinstance(hashed[0], HashedConv2d)
+    assert (hashed[3].seed, hashed[5].seed) == (0, 1)  # one hash pattern per layer
+    assert torch.equal(hashed[3].bias, dense[3].bias)
+
+
+def test_compress_all_hashes_convolutions_too():
+    hashed = compress(_small_net(), ratio=2, layers="all", seed=10)
+    assert isinstance(hashed[0], HashedConv2d)
+    assert [hashed[i].seed for i in (0, 3, 5)] == [10, 11, 12]
+    assert hashed(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_compress_ratio_one_is_the_dense_model():
+    dense = _small_net()
+    same = compress(dense, 1)
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(same(x), dense(x))
+    assert count_parameters(same)[0] == count_parameters(same)[1]
+
+
+def test_compress_uses_the_least_squares_bucket_means():
+    torch.manual_seed(0)
+    dense = nn.Linear(40, 30)
+    layer = compress(nn.Sequential(dense), ratio=6)[0]
+    target = dense.weight.detach()
+    for k in [0, 7, 100]:
+        members = layer.bucket == k
+        assert torch.allclose(layer.weight[k], (layer.sign[members] * target[members]).mean(), atol=1e-6)
+    # least squares: the gradient of ||V(w) - W||^2 with respect to w vanishes at the projection
+    w = layer.weight.detach().clone().requires_grad_()
+    ((layer.sign * w[layer.bucket] - target) ** 2).sum().backward()
+    assert w.grad.abs().max() < 1e-5
+
+
+def test_compress_rejects_unknown_layer_kinds():
+    with pytest.raises(ValueError, match="Unknown layers 'conv'; choose one of: all, fc"):
+        compress(_small_net(), 2, layers="conv")
+
+
+def test_count_parameters_real_and_virtual():
+    assert count_parameters(HashedLinear(784, 1000, ratio=64)) == (13_250, 785_000)
+    model = compress(nn.Sequential(nn.Flatten(), nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 10)), 8)
+    assert count_parameters(model) == (98_000 + 1_000 + 1_250 + 10, 795_010)
