@@ -1,0 +1,123 @@
+"""`hashrobust` command line: a thin argparse layer over the functions the notebooks call.
+
+    hashrobust train --dataset mnist --arch mlp3 --ratio 8 --epochs 5 --seed 0 \
+        --from-dense data/checkpoints/mnist-mlp3-r1.pt
+    hashrobust zoo                 # list the shipped checkpoints
+    hashrobust zoo --verify        # re-measure each one's clean accuracy
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+
+from . import __version__
+from .data import load_dataset
+from .layers import compress, count_parameters
+from .models import ARCHS, DATASET_OF_ARCH, build_model
+from .train import RECIPES, TrainRecipe, evaluate, train
+from .zoo import CHECKPOINT_DIR, load_checkpoint, load_pretrained, read_manifest, save_checkpoint
+
+
+def _train(args: argparse.Namespace) -> int:
+    if DATASET_OF_ARCH[args.arch] != args.dataset:
+        raise SystemExit(f"error: arch {args.arch!r} is built for {DATASET_OF_ARCH[args.arch]!r}, "
+                         f"not {args.dataset!r}")
+    base = RECIPES[args.arch]
+    lr = args.lr if args.lr is not None else (base.lr / 5 if args.from_dense else base.lr)
+    recipe = replace(base, epochs=args.epochs or base.epochs, lr=lr, seed=args.seed,
+                     batch_size=args.batch_size or base.batch_size)
+    if args.from_dense:
+        dense = load_checkpoint(args.from_dense)
+        model = compress(dense, args.ratio, layers=args.hashed, seed=args.hash_seed)
+        method = f"compressed from {args.from_dense} (least-squares bucket means), then fine-tuned"
+    else:
+        torch.manual_seed(args.seed)
+        model = build_model(args.arch, args.ratio, args.hashed, seed=args.hash_seed)
+        method = "trained from scratch"
+    train_set, test_set = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "test")
+    start = time.perf_counter()
+    history = train(model, train_set, recipe, device=args.device)
+    seconds = time.perf_counter() - start
+    accuracy = evaluate(model, test_set)
+    real, virtual = count_parameters(model)
+    entry = {"command": "hashrobust " + " ".join(shlex.quote(a) for a in args.argv), "method": method,
+             "seed": args.seed, "epochs": recipe.epochs, "recipe": recipe.as_dict(), "variant": test_set.variant,
+             "clean_test_accuracy": round(accuracy, 4), "test_n": len(test_set), "real_parameters": real,
+             "virtual_parameters": virtual, "final_train_loss": round(history[-1]["loss"], 4),
+             "train_seconds": round(seconds), "torch": torch.__version__.split("+")[0]}
+    path = save_checkpoint(model.cpu(), args.dataset, args.arch, args.ratio, args.hashed, entry, args.out)
+    print(f"{path.name}: clean test accuracy {accuracy:.2%} on {test_set.description}; "
+          f"{real:,} real / {virtual:,} virtual parameters; {seconds:.0f} s")
+    return 0
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    manifest = read_manifest(args.out)
+    if not manifest:
+        print(f"No checkpoints in {args.out or CHECKPOINT_DIR}.")
+        return 1
+    print(f"{'checkpoint':28} {'accuracy':>9} {'KiB':>7}  variant / method")
+    failures = 0
+    for name, entry in manifest.items():
+        line = f"{name:28} {entry['clean_test_accuracy']:9.2%} {entry['bytes'] / 1024:7.0f}  " \
+               f"{entry['variant']} / {entry['method']}"
+        if args.verify:
+            test = load_dataset(entry["dataset"], "test")
+            if args.n:
+                test = test.subset(args.n)
+            model = load_pretrained(entry["dataset"], entry["arch"], entry["ratio"], directory=args.out)
+            measured = evaluate(model, test)
+            ok = args.n or abs(measured - entry["clean_test_accuracy"]) <= 0.002
+            failures += not ok
+            line += f"  measured {measured:.2%} on {len(test)}{'' if ok else '  MISMATCH'}"
+        print(line)
+    return 1 if failures else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hashrobust", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"hashrobust {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a (hashed) model and add it to the zoo")
+    t.add_argument("--dataset", choices=["mnist", "cifar10"], required=True)
+    t.add_argument("--arch", choices=sorted(ARCHS), required=True)
+    t.add_argument("--ratio", type=float, default=1.0, help="compression ratio r >= 1 (1 = dense)")
+    t.add_argument("--hashed", choices=["fc", "all"], default="fc", help="which layers to hash")
+    t.add_argument("--epochs", type=int, default=None, help="default: the arch's recipe")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--hash-seed", type=int, default=0)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--from-dense", metavar="CKPT", help="compress this dense checkpoint, then fine-tune")
+    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    t.add_argument("--out", default=None, help=f"checkpoint folder (default {CHECKPOINT_DIR})")
+    t.set_defaults(func=_train)
+
+    z = sub.add_parser("zoo", help="list the shipped checkpoints, optionally re-measuring them")
+    z.add_argument("--verify", action="store_true", help="re-measure clean accuracy on the test split")
+    z.add_argument("--n", type=int, default=None, help="with --verify: only the first n test images")
+    z.add_argument("--out", default=None, help=f"checkpoint folder (default {CHECKPOINT_DIR})")
+    z.set_defaults(func=_zoo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"hashrobust: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
