@@ -1,0 +1,51 @@
+# The README's commands. `make test` and `make lab` create .venv if it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CKPT := data/checkpoints
+TRAIN := $(BIN)/hashrobust train
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: install test lab zoo zoo-mnist zoo-cifar benchmark clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(BIN)/python -m pytest
+
+lab: install
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)
+
+benchmark: install
+	$(BIN)/python benchmarks/hashed_layer.py
+
+# Rebuild the pretrained zoo (needs the data: set HASHROBUST_DATA). MNIST: a few minutes
+# on 2 CPU cores; CIFAR-10: about 40 minutes on 2 CPU cores.
+zoo: zoo-mnist zoo-cifar
+
+zoo-mnist: install
+	$(TRAIN) --dataset mnist --arch mlp3 --ratio 1 --seed 0
+	for r in 2 4 8 16 32 64; do \
+	  $(TRAIN) --dataset mnist --arch mlp3 --ratio $$r --epochs 5 --seed 0 --from-dense $(CKPT)/mnist-mlp3-r1.pt || exit 1; \
+	done
+	$(TRAIN) --dataset mnist --arch lenet --ratio 1 --seed 0
+	for r in 8 64; do \
+	  $(TRAIN) --dataset mnist --arch lenet --ratio $$r --epochs 3 --seed 0 --from-dense $(CKPT)/mnist-lenet-r1.pt || exit 1; \
+	done
+
+zoo-cifar: install
+	$(TRAIN) --dataset cifar10 --arch cifar_cnn --ratio 1 --seed 0
+	for r in 8 64; do \
+	  $(TRAIN) --dataset cifar10 --arch cifar_cnn --ratio $$r --epochs 4 --seed 0 --from-dense $(CKPT)/cifar10-cifar_cnn-r1.pt || exit 1; \
+	done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis data/cache
