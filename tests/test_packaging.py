@@ -19,7 +19,8 @@ def _pyproject() -> dict:
 
 def _conda_dependencies() -> dict[str, str]:
     deps = {}
-    for line in (ROOT / "environment.yml").read_text().splitlines():
+    text = (ROOT / "environment.yml").read_text()
+    for line in text[text.index("dependencies:"):].splitlines():
         match = re.match(r"^  - ([A-Za-z0-9_.-]+)(.*)$", line)
         if match and match.group(1) not in ("python", "pip"):
             deps[match.group(1).lower()] = match.group(2).strip()

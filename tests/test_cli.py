@@ -1,0 +1,140 @@
+"""Tests for hashrobust.cli: `hashrobust train` and `hashrobust zoo` on 512-image subsets, in tmp_path."""
+from __future__ import annotations
+
+import pytest
+
+import hashrobust.cli
+from hashrobust import __version__
+from hashrobust.cli import main
+from hashrobust.data import load_dataset
+from hashrobust.zoo import load_checkpoint, read_manifest
+
+TRAIN = ["train", "--dataset", "mnist", "--arch", "mlp3", "--epochs", "1"]
+
+
+@pytest.fixture
+def small_data(monkeypatch, mnist_train, mnist_test):
+    """The CLI sees only the first 512 images of each MNIST split (a run takes about a second)."""
+    splits = {"train": mnist_train.subset(512), "test": mnist_test.subset(512)}
+
+    def load_small(name, split="test", root=None):
+        assert name == "mnist"
+        return splits[split]
+
+    monkeypatch.setattr(hashrobust.cli, "load_dataset", load_small)
+    return splits
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        main(["--version"])
+    assert excinfo.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hashrobust {__version__}"
+
+
+def test_train_writes_checkpoint_and_manifest_entry(small_data, tmp_path, capsys):
+    argv = TRAIN + ["--ratio", "8", "--seed", "3", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    path = tmp_path / "mnist-mlp3-r8.pt"
+    assert path.is_file()
+    entry = read_manifest(tmp_path)["mnist-mlp3-r8.pt"]
+    assert entry["command"].startswith("hashrobust train ") and "--ratio 8" in entry["command"]
+    assert (entry["seed"], entry["epochs"], entry["variant"]) == (3, 1, "official")
+    assert entry["recipe"]["seed"] == 3 and entry["recipe"]["lr"] == 0.05
+    assert entry["method"] == "trained from scratch"
+    assert entry["real_parameters"] < entry["virtual_parameters"] == 795010
+    assert entry["test_n"] == 512
+    model = load_checkpoint(path)
+    assert model[2].ratio == 8
+    accuracy = (model(small_data["test"].images).argmax(1) == small_data["test"].labels).float().mean().item()
+    assert entry["clean_test_accuracy"] == round(accuracy, 4)
+    assert "mnist-mlp3-r8.pt: clean test accuracy" in capsys.readouterr().out
+
+
+def test_train_from_dense_compresses_then_fine_tunes(small_data, tmp_path):
+    assert main(TRAIN + ["--ratio", "1", "--out", str(tmp_path)]) == 0
+    dense = tmp_path / "mnist-mlp3-r1.pt"
+    assert main(TRAIN + ["--ratio", "4", "--from-dense", str(dense), "--out", str(tmp_path)]) == 0
+    manifest = read_manifest(tmp_path)
+    assert set(manifest) == {"mnist-mlp3-r1.pt", "mnist-mlp3-r4.pt"}
+    entry = manifest["mnist-mlp3-r4.pt"]
+    assert entry["method"].startswith(f"compressed from {dense}")
+    assert f"--from-dense {dense}" in entry["command"]
+    assert entry["recipe"]["lr"] == pytest.approx(0.05 / 5)  # fine-tuning uses a fifth of the learning rate
+    assert entry["virtual_parameters"] == manifest["mnist-mlp3-r1.pt"]["real_parameters"] == 795010
+    assert entry["real_parameters"] < entry["virtual_parameters"] / 3
+    assert manifest["mnist-mlp3-r1.pt"]["method"] == "trained from scratch"
+
+
+def test_train_is_deterministic_for_a_seed(small_data, tmp_path):
+    shas = []
+    for folder, seed in (("a", 5), ("b", 5), ("c", 6)):
+        assert main(TRAIN + ["--ratio", "8", "--seed", str(seed), "--out", str(tmp_path / folder)]) == 0
+        shas.append(read_manifest(tmp_path / folder)["mnist-mlp3-r8.pt"]["sha256"])
+    assert shas[0] == shas[1] != shas[2]
+
+
+def test_zoo_lists_and_verifies(small_data, tmp_path, capsys):
+    assert main(TRAIN + ["--ratio", "8", "--out", str(tmp_path)]) == 0
+    assert main(TRAIN + ["--ratio", "64", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["zoo", "--out", str(tmp_path), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "mnist-mlp3-r8.pt" in out and "mnist-mlp3-r64.pt" in out
+    assert "measured" in out and "MISMATCH" not in out
+
+
+def test_zoo_flags_a_wrong_accuracy(small_data, tmp_path, capsys):
+    assert main(TRAIN + ["--ratio", "8", "--out", str(tmp_path)]) == 0
+    manifest = tmp_path / "MANIFEST.json"
+    entry = read_manifest(tmp_path)["mnist-mlp3-r8.pt"]
+    manifest.write_text(manifest.read_text().replace(f'"clean_test_accuracy": {entry["clean_test_accuracy"]}',
+                                                     '"clean_test_accuracy": 0.01'))
+    assert main(["zoo", "--out", str(tmp_path), "--verify"]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
+
+
+def test_zoo_of_empty_folder_returns_1(tmp_path, capsys):
+    assert main(["zoo", "--out", str(tmp_path)]) == 1
+    assert f"No checkpoints in {tmp_path}" in capsys.readouterr().out
+
+
+def test_arch_dataset_mismatch_exits(tmp_path):
+    with pytest.raises(SystemExit) as excinfo:
+        main(["train", "--dataset", "cifar10", "--arch", "mlp3", "--out", str(tmp_path)])
+    assert "'mlp3' is built for 'mnist', not 'cifar10'" in str(excinfo.value.code)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_ratio_returns_2_with_message(tmp_path, capsys):
+    assert main(TRAIN + ["--ratio", "0.5", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hashrobust: error:")
+    assert "The 'ratio' parameter of build_model must be a number >= 1. Got 0.5 instead." in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_from_dense_path_returns_2(tmp_path, capsys):
+    missing = tmp_path / "nope.pt"
+    assert main(TRAIN + ["--ratio", "4", "--from-dense", str(missing), "--out", str(tmp_path)]) == 2
+    assert f"No checkpoint {missing}" in capsys.readouterr().err
+
+
+def test_the_real_loader_is_what_the_cli_uses():
+    assert hashrobust.cli.load_dataset is load_dataset
+
+
+def test_epochs_zero_is_rejected_not_replaced_by_the_default(capsys):
+    assert main(["train", "--dataset", "mnist", "--arch", "mlp3", "--epochs", "0", "--out", "/nonexistent"]) == 2
+    assert "'epochs' parameter of TrainRecipe must be an integer >= 1. Got 0" in capsys.readouterr().err
+
+
+def test_from_dense_must_be_a_dense_checkpoint_of_the_same_arch(capsys):
+    from hashrobust.zoo import CHECKPOINT_DIR
+
+    hashed = str(CHECKPOINT_DIR / "mnist-mlp3-r8.pt")
+    assert main(["train", "--dataset", "mnist", "--arch", "mlp3", "--ratio", "4", "--from-dense", hashed]) == 2
+    assert "needs a dense (ratio 1) mnist mlp3 checkpoint" in capsys.readouterr().err
+    dense = str(CHECKPOINT_DIR / "mnist-mlp3-r1.pt")
+    assert main(["train", "--dataset", "mnist", "--arch", "lenet", "--ratio", "4", "--from-dense", dense]) == 2
+    assert "is mnist mlp3 at ratio 1" in capsys.readouterr().err
