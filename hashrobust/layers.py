@@ -41,7 +41,7 @@ class _HashedGather(torch.autograd.Function):
     def forward(ctx: Any, weight: Tensor, bucket32: Tensor, bucket: Tensor, sign: Tensor) -> Tensor:
         ctx.save_for_backward(bucket, sign)
         ctx.num_real = weight.numel()
-        return weight.index_select(0, bucket32).view_as(sign) * sign  # (O, I) or (O, C, kh, kw)
+        return weight.index_select(0, bucket32).view_as(sign).mul_(sign)  # (O, I) or (O, C, kh, kw); fresh, so in place
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -105,7 +105,7 @@ class _HashedLayer(nn.Module):
         key = (w._version, w.data_ptr(), w.device, w.dtype, self.sign.data_ptr())
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
-                self._cache = (key, w.index_select(0, self.bucket32).view_as(self.sign) * self.sign)
+                self._cache = (key, w.index_select(0, self.bucket32).view_as(self.sign).mul_(self.sign))
         return self._cache[1]
 
     def project_(self, dense_weight: Tensor) -> _HashedLayer:
