@@ -9,9 +9,12 @@ ICML 2015). Importing this package touches no GPU, network or disk.
     model = hr.load_pretrained("mnist", "mlp3", ratio=8)
     test = hr.load_dataset("mnist", "test")
     hr.evaluate(model, test.subset(1000))
+    hr.success_rate(model, hr.FGSM(model, eps=0.3), test.images[:1000], test.labels[:1000])
 """
+from .attacks import BIM, CW, FGSM, JSMA, PGD, Attack, DeepFool
 from .data import CIFAR10_CLASSES, ImageDataset, data_root, load_dataset
 from .hashing import hash_positions, num_buckets
+from .evaluation import jsma_success, success_rate, sweep, transfer
 from .layers import HashedConv2d, HashedLinear, compress, count_parameters
 from .models import ARCHS, Normalize, build_model
 from .train import TrainRecipe, default_device, evaluate, predict, set_seed, train
@@ -27,4 +30,7 @@ __all__ = [
     "TrainRecipe", "train", "evaluate", "predict", "set_seed", "default_device",
     # the pretrained zoo
     "load_pretrained", "load_checkpoint", "read_manifest", "save_checkpoint",
+    # attacks and their evaluation
+    "Attack", "FGSM", "BIM", "PGD", "JSMA", "CW", "DeepFool",
+    "success_rate", "jsma_success", "transfer", "sweep",
 ]

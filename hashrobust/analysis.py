@@ -1,0 +1,147 @@
+"""The multi-factor analysis: attack success over compression ratio x perturbation size, white-box and transfer.
+
+Paper: Liu et al. (ASP-DAC 2018), Sec. 5 ("multi-factor adversarial attack"):
+compression (the ratio of a HashedNets model) and input perturbation (eps)
+studied jointly, for attackers who know the hashed model (white-box: the
+gradient flows through sign * w[bucket]) and for attackers who know only the
+dense software model (transfer), and the reverse. The protocol's attack
+settings follow PAPER.md (cleverhans v2 conventions): BIM with step eps/10
+and 40 iterations (0.03 at eps 0.3), PGD with step 2.5 eps / 40, 40 iterations
+and a seeded random start (Madry et al. 2018).
+
+`run_analysis` measures; `write_analysis` writes analysis.csv, analysis.md
+and one heatmap per architecture; `findings` turns the rows into the
+sentences of analysis.md, so the text always says what the numbers show.
+"""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+from .attacks import BIM, FGSM, PGD
+from .data import load_dataset
+from .evaluation import sweep
+from .reports import heatmap, markdown_table, percent, write_csv
+from .zoo import load_pretrained, read_manifest
+
+__all__ = ["ATTACKS", "EPS_GRID", "run_analysis", "findings", "write_analysis"]
+
+ATTACKS = {
+    "FGSM": lambda model, eps: FGSM(model, eps=eps),
+    "BIM": lambda model, eps: BIM(model, eps=eps, alpha=eps / 10, steps=40),
+    "PGD": lambda model, eps: PGD(model, eps=eps, alpha=2.5 * eps / 40, steps=40, seed=0),
+}
+EPS_GRID = {
+    "mnist": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
+    "cifar10": [1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255],
+}
+SAME = 0.02  # differences below 2 points on 1000 images are within sampling noise (sd ~1.4 points at 50%)
+
+
+def run_analysis(dataset: str, n: int = 1000, archs: Sequence[str] | None = None,
+                 eps_values: Sequence[float] | None = None, attacks: dict | None = None) -> list[dict]:
+    """Sweep the zoo's models of `dataset` (every shipped ratio) with FGSM/BIM/PGD, white-box and transfer.
+
+    Args:
+        dataset: "mnist" or "cifar10".
+        n: the first n test images.
+        archs: which architectures of the zoo (default: all shipped for `dataset`).
+        eps_values: default EPS_GRID[dataset].
+        attacks: default ATTACKS.
+
+    Returns:
+        evaluation.sweep's rows, with twin_ratio=1 (transfer between each hashed model and its dense twin).
+    """
+    entries = [e for e in read_manifest().values() if e["dataset"] == dataset and (archs is None or e["arch"] in archs)]
+    models = {(e["arch"], e["ratio"]): load_pretrained(dataset, e["arch"], e["ratio"])
+              for e in sorted(entries, key=lambda e: (e["arch"], e["ratio"]))}
+    data = load_dataset(dataset, "test").subset(n)
+    return sweep(models, attacks or ATTACKS, eps_values or EPS_GRID[dataset], data, twin_ratio=1)
+
+
+def _mean(rows: list[dict], key: str = "success") -> float:
+    return statistics.fmean(r[key] for r in rows)
+
+
+def _compare(hashed: float, dense: float) -> str:
+    if abs(hashed - dense) < SAME:
+        return "about as vulnerable as"
+    return "more vulnerable than" if hashed > dense else "less vulnerable than"
+
+
+def findings(rows: list[dict]) -> list[str]:
+    """Sentences stating what the rows show, per architecture and attack (no assumption built in)."""
+    lines = []
+    for arch in sorted({r["arch"] for r in rows}):
+        white = [r for r in rows if r["arch"] == arch and r["mode"] == "white-box"]
+        transfer = [r for r in rows if r["arch"] == arch and r["mode"] == "transfer"]
+        ratios = sorted({r["ratio"] for r in white if r["ratio"] != 1})
+        for attack in sorted({r["attack"] for r in white}):
+            dense = _mean([r for r in white if r["attack"] == attack and r["ratio"] == 1])
+            per_ratio = {q: _mean([r for r in white if r["attack"] == attack and r["ratio"] == q]) for q in ratios}
+            hashed = statistics.fmean(per_ratio.values())
+            lines.append(
+                f"**{arch}, {attack}, white-box**: averaged over eps, success is {percent(dense)}% on the dense "
+                f"model and {percent(hashed)}% on the hashed ones (from {percent(min(per_ratio.values()))}% to "
+                f"{percent(max(per_ratio.values()))}% across ratios {', '.join(f'{q:g}' for q in ratios)}): "
+                f"hashed models are {_compare(hashed, dense)} the dense one against an attacker who knows the hash.")
+            to_hashed = [r for r in transfer if r["attack"] == attack and r["source_ratio"] == 1]
+            to_dense = [r for r in transfer if r["attack"] == attack and r["source_ratio"] != 1]
+            if to_hashed and to_dense:
+                white_hashed = [r for r in white if r["attack"] == attack and r["ratio"] != 1]
+                lines.append(
+                    f"**{arch}, {attack}, transfer**: examples crafted on the dense model succeed on the hashed "
+                    f"models {percent(_mean(to_hashed))}% of the time (white-box on those models: "
+                    f"{percent(_mean(white_hashed))}%); examples crafted on the hashed models succeed on the dense "
+                    f"one {percent(_mean(to_dense))}% of the time (white-box on it: {percent(dense)}%). "
+                    f"Not knowing the hash costs the attacker {percent(max(0.0, _mean(white_hashed) - _mean(to_hashed)))} "
+                    f"points.")
+    return lines
+
+
+MODES = {  # title: (which rows, the ratio that labels a row, file-name slug)
+    "white-box": (lambda r: r["mode"] == "white-box", "ratio", "whitebox"),
+    "transfer dense -> hashed": (lambda r: r["mode"] == "transfer" and r["source_ratio"] == 1, "ratio",
+                                 "dense_to_hashed"),
+    "transfer hashed -> dense": (lambda r: r["mode"] == "transfer" and r["source_ratio"] != 1, "source_ratio",
+                                 "hashed_to_dense"),
+}
+
+
+def write_analysis(rows: list[dict], out_dir: str | Path, command: str) -> list[Path]:
+    """analysis.csv, analysis.md (findings and tables) and heatmap_<arch>_<mode>.png under out_dir."""
+    out_dir = Path(out_dir)
+    written = [write_csv(rows, out_dir / "analysis.csv")]
+    first = rows[0]
+    label = {"mnist": "MNIST", "cifar10": "CIFAR-10"}[first["dataset"]]
+    eps_fmt = (lambda e: f"{e:g}") if first["dataset"] == "mnist" else (lambda e: f"{e * 255:.0f}/255")
+    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    md = [f"# Multi-factor analysis: {label} ({first['variant']})", "",
+          f"Made by `{command}` on the first {first['n']} test images. Attack success = fraction of "
+          "predictions that change (the paper's definition); white-box attacks backpropagate through the hash, "
+          "transfer attacks are crafted on one model and scored on its twin. Settings: FGSM; BIM with step eps/10, "
+          "40 iterations; PGD with step 2.5 eps/40, 40 iterations, seeded random start. Reconstructed protocol "
+          "(../shared/PAPER.md): the paper's own tables are not available.", "", "## What the data shows", ""]
+    md += [f"- {line}" for line in findings(rows)]
+    for arch in sorted({r["arch"] for r in rows}):
+        arch_rows = [r for r in rows if r["arch"] == arch]
+        clean = {r["ratio"]: r["clean_acc"] for r in arch_rows if r["mode"] == "white-box"}
+        md += ["", f"## {arch}", "", "Clean accuracy on these images: " +
+               ", ".join(f"ratio {q:g}: {percent(a)}%" for q, a in sorted(clean.items())), ""]
+        for mode, (keep, row_key, slug) in MODES.items():
+            panels = [(attack, [r for r in arch_rows if r["attack"] == attack and keep(r)]) for attack in attacks]
+            panels = [(attack, cells) for attack, cells in panels if cells]
+            if not panels:
+                continue
+            for attack, cells in panels:
+                md += [f"### {attack}, {mode}: success (%)", "",
+                       markdown_table(cells, row_key, "eps", "success", col_fmt=eps_fmt), ""]
+            fig = heatmap(panels, row_key, "eps", "success", col_fmt=eps_fmt,
+                          suptitle=f"{label} ({first['variant']}), {arch}: attack success, {mode}")
+            path = out_dir / f"heatmap_{arch}_{slug}.png"
+            fig.savefig(path, dpi=110)
+            written.append(path)
+            md += [f"![{arch}: success over ratio and eps, {mode}]({path.name})", ""]
+    (out_dir / "analysis.md").write_text("\n".join(md) + "\n")
+    return [*written, out_dir / "analysis.md"]

@@ -1,0 +1,78 @@
+"""Tidy rows out: CSV files, markdown tables and heatmaps (used by `hashrobust analyze` and the notebooks).
+
+Rows are the plain dicts that evaluation.sweep returns. Figures are built
+with `matplotlib.figure.Figure` (no pyplot state), in a colour-blind-safe
+colour map (viridis), with every cell's number printed on it, so they read
+the same in a notebook, on a web page and in print.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+__all__ = ["write_csv", "pivot", "markdown_table", "heatmap", "percent"]
+
+
+def percent(value: float | None) -> str:
+    """0.8799 -> '88.0'; None -> '-'."""
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> Path:
+    """Write rows (dicts with the same keys) to a CSV file, floats rounded to 4 digits."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+    return path
+
+
+def pivot(rows: Iterable[dict], row_key: str, col_key: str, value: str) -> tuple[list, list, list[list]]:
+    """(row labels, column labels, values[row][col]) from tidy rows; a missing cell is None."""
+    rows = list(rows)
+    row_labels = sorted({r[row_key] for r in rows})
+    col_labels = sorted({r[col_key] for r in rows})
+    cells = {(r[row_key], r[col_key]): r[value] for r in rows}
+    return row_labels, col_labels, [[cells.get((a, b)) for b in col_labels] for a in row_labels]
+
+
+def markdown_table(rows: Iterable[dict], row_key: str, col_key: str, value: str,
+                   fmt: Callable[[float | None], str] = percent, row_name: str | None = None,
+                   col_fmt: Callable[[object], str] = lambda c: f"{c:g}" if isinstance(c, float) else str(c)) -> str:
+    """A markdown table of `value` with one row per `row_key` and one column per `col_key`."""
+    row_labels, col_labels, values = pivot(rows, row_key, col_key, value)
+    head = f"| {row_name or row_key} | " + " | ".join(f"{col_key} {col_fmt(c)}" for c in col_labels) + " |"
+    rule = "|---|" + "---:|" * len(col_labels)
+    body = [f"| {a:g} | " if isinstance(a, float) else f"| {a} | " for a in row_labels]
+    body = [head_cell + " | ".join(fmt(v) for v in line) + " |" for head_cell, line in zip(body, values)]
+    return "\n".join([head, rule, *body])
+
+
+def heatmap(panels: Sequence[tuple[str, Sequence[dict]]], row_key: str, col_key: str, value: str,
+            suptitle: str, col_fmt: Callable[[float], str] = lambda c: f"{c:g}") -> Figure:
+    """One heatmap panel per (title, rows): `value` in percent over (row_key, col_key), numbers printed."""
+    fig = Figure(figsize=(3.6 * len(panels), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, rows) in zip(axes, panels):
+        row_labels, col_labels, values = pivot(rows, row_key, col_key, value)
+        grid = [[float("nan") if v is None else 100 * v for v in line] for line in values]
+        image = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto", origin="lower")
+        for i, line in enumerate(grid):
+            for j, v in enumerate(line):
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8,
+                        color="black" if v > 60 else "white")
+        ax.set_xticks(range(len(col_labels)), [col_fmt(c) for c in col_labels], rotation=45)
+        ax.set_yticks(range(len(row_labels)), [f"{r:g}" for r in row_labels])
+        ax.set_xlabel(col_key)
+        ax.set_ylabel(row_key)
+        ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=list(axes), label=f"{value} (%)", shrink=0.9)
+    fig.suptitle(suptitle, fontsize=10)
+    return fig

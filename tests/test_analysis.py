@@ -1,0 +1,57 @@
+"""Reports (tables, CSV, heatmaps) and the analysis write-up, including the data-driven findings."""
+import csv
+
+import pytest
+
+from hashrobust.analysis import findings, write_analysis
+from hashrobust.reports import markdown_table, percent, pivot, write_csv
+
+
+def _row(ratio, eps, success, mode="white-box", source_ratio=None, attack="FGSM"):
+    return {"dataset": "mnist", "variant": "official", "arch": "mlp3", "ratio": ratio,
+            "source_ratio": ratio if source_ratio is None else source_ratio, "mode": mode, "attack": attack,
+            "eps": eps, "n": 100, "success": success, "fooling": success, "robust_acc": 1 - success,
+            "clean_acc": 0.98, "seconds": 0.1}
+
+
+def _grid(dense, hashed):
+    rows = [_row(1, e, dense) for e in (0.1, 0.3)] + [_row(q, e, hashed) for q in (8, 64) for e in (0.1, 0.3)]
+    rows += [_row(q, e, hashed / 2, "transfer", 1) for q in (8, 64) for e in (0.1, 0.3)]
+    rows += [_row(1, e, dense / 2, "transfer", q) for q in (8, 64) for e in (0.1, 0.3)]
+    return rows
+
+
+def test_percent_and_pivot():
+    assert percent(0.8799) == "88.0" and percent(None) == "-"
+    rows = [_row(1, 0.1, 0.5), _row(8, 0.1, 0.25), _row(8, 0.3, 1.0)]
+    assert pivot(rows, "ratio", "eps", "success") == ([1, 8], [0.1, 0.3], [[0.5, None], [0.25, 1.0]])
+
+
+def test_markdown_table_layout():
+    table = markdown_table([_row(1, 0.1, 0.5), _row(8, 0.1, 0.25)], "ratio", "eps", "success")
+    assert table.splitlines() == ["| ratio | eps 0.1 |", "|---|---:|", "| 1 | 50.0 |", "| 8 | 25.0 |"]
+
+
+def test_write_csv_round_trips(tmp_path):
+    path = write_csv([_row(1, 0.1, 0.123456)], tmp_path / "x" / "rows.csv")
+    (row,) = csv.DictReader(open(path))
+    assert row["success"] == "0.1235" and row["mode"] == "white-box"
+
+
+@pytest.mark.parametrize("dense, hashed, verdict", [
+    (0.50, 0.60, "more vulnerable than"), (0.50, 0.40, "less vulnerable than"), (0.50, 0.51, "about as vulnerable as")])
+def test_findings_follow_the_numbers(dense, hashed, verdict):
+    lines = findings(_grid(dense, hashed))
+    assert verdict in lines[0] and f"{percent(dense)}% on the dense" in lines[0]
+    assert f"succeed on the hashed models {percent(hashed / 2)}%" in lines[1]
+
+
+def test_write_analysis_files(tmp_path):
+    paths = write_analysis(_grid(0.5, 0.6), tmp_path, "hashrobust analyze --dataset mnist")
+    names = {p.name for p in paths}
+    assert {"analysis.csv", "analysis.md", "heatmap_mlp3_whitebox.png", "heatmap_mlp3_dense_to_hashed.png",
+            "heatmap_mlp3_hashed_to_dense.png"} == names
+    text = (tmp_path / "analysis.md").read_text()
+    assert "## What the data shows" in text and "more vulnerable than" in text
+    assert "### FGSM, white-box: success (%)" in text and "| 64 | 60.0 | 60.0 |" in text
+    assert (tmp_path / "heatmap_mlp3_whitebox.png").read_bytes()[:4] == b"\x89PNG"
