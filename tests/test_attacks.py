@@ -35,8 +35,9 @@ FAST = {
     "JSMA": dict(gamma=0.02),
     "CW": dict(c=10.0, steps=10, lr=0.1),
     "DeepFool": dict(steps=5),
+    "Square": dict(eps=0.1, queries=20),
 }
-LINF = {"FGSM", "BIM", "PGD"}  # attacks whose eps is an L-inf radius
+LINF = {"FGSM", "BIM", "PGD", "Square"}  # attacks whose eps is an L-inf radius
 
 
 def make(name: str, model: nn.Module, **kwargs) -> Attack:
@@ -103,17 +104,25 @@ def success(model: nn.Module, adv_images: torch.Tensor, labels: torch.Tensor) ->
 
 # ----------------------------------------------------------------------------- the package's rules
 def test_every_attack_has_fast_settings_and_paper_order():
-    assert ATTACKS == ["FGSM", "BIM", "PGD", "JSMA", "CW", "DeepFool"]
+    assert ATTACKS == ["FGSM", "BIM", "PGD", "JSMA", "CW", "DeepFool", "Square"]
     assert set(FAST) == set(ATTACKS)
 
 
-def test_attacks_module_imports_only_torch_and_validation():
-    tree = ast.parse(Path(attacks.__file__).read_text())
-    imported = {node.module if isinstance(node, ast.ImportFrom) else alias.name
-                for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
-                for alias in node.names}
-    assert imported <= {"__future__", "inspect", "math", "numbers", "torch", "torch.nn.functional",
-                        "_validation"}, imported
+def test_attacks_package_imports_only_torch_and_validation():
+    """Every file of hashrobust/attacks/ imports the standard library, torch, _validation or its siblings."""
+    files = sorted(Path(attacks.__file__).parent.glob("*.py"))
+    siblings = {f"hashrobust.attacks.{path.stem}" for path in files}
+    for path in files:
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):  # resolve relative imports: level 1 = this package
+                package = ["hashrobust.attacks", "hashrobust"][node.level - 1] if node.level else ""
+                imported.add(".".join(filter(None, [package, node.module])))
+        assert imported <= {"__future__", "inspect", "math", "numbers", "torch", "torch.nn.functional",
+                            "hashrobust._validation"} | siblings, (path.name, imported)
+    assert {path.name for path in files} >= {"__init__.py", "base.py", "fgsm.py", "square.py"}
 
 
 def test_repr_shows_the_constructor_arguments(dense):

@@ -1,0 +1,46 @@
+"""Adversarial attacks on any image classifier, dense or hashed: FGSM, BIM, PGD, JSMA, C&W-L2, DeepFool, Square.
+
+Paper: Liu et al. (ASP-DAC 2018), Sec. 4 attacks HashedNets models with FGSM,
+BIM and JSMA in cleverhans v2 conventions: pixels in [0, 1], and the labels
+default to the model's own clean prediction (no label leaking). A hashed
+model computes exactly the function of the dense model with weights V, so an
+attack simply backpropagates through it; this package never looks inside a
+model (no file of it imports a hashrobust layer) and works on any `nn.Module`.
+
+Sources, in paper order, one file each (`base.py` holds the `Attack` base class, the checks and the losses):
+    FGSM      Goodfellow, Shlens, Szegedy, "Explaining and Harnessing Adversarial Examples", ICLR 2015.
+    BIM       Kurakin, Goodfellow, Bengio, "Adversarial Examples in the Physical World", arXiv:1607.02533, 2016.
+    PGD       Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018;
+              its `step`/`project` split follows MadryLab/robustness (attack_steps.py).
+    JSMA      Papernot et al., "The Limitations of Deep Learning in Adversarial Settings", EuroS&P 2016;
+              batched like cleverhans v2 (attacks_tf.jsma_symbolic).
+    CW        Carlini, Wagner, "Towards Evaluating the Robustness of Neural Networks", IEEE S&P 2017.
+    DeepFool  Moosavi-Dezfooli, Fawzi, Frossard, "DeepFool", CVPR 2016.
+    Square    Andriushchenko, Croce, Flammarion, Hein, "Square Attack: a Query-Efficient Black-Box
+              Adversarial Attack via Random Search", ECCV 2020; score-based, no gradient at all.
+The "margin" loss of FGSM/BIM/PGD is C&W's logit margin: it keeps its
+gradient where a saturated float32 softmax gives cross-entropy an exactly
+zero one, which is how "gradient inhibition" masks gradients (../shared/PAPER.md;
+Carlini & Wagner 2016; Athalye, Carlini, Wagner 2018). Square needs only the
+model's scores, so no gradient masking can stop it. tests/test_attacks.py
+checks FGSM and PGD against torchattacks to float precision.
+
+Shapes: N batch, C/H/W image, D = C*H*W features, K classes.
+"""
+from __future__ import annotations
+
+from .base import Attack, ce_loss, changed_fraction, logit_margin, loss_gradient, margin_loss
+from .fgsm import FGSM
+from .bim import BIM
+from .pgd import PGD
+from .jsma import JSMA
+from .cw import CW
+from .deepfool import DeepFool
+from .square import Square
+
+# Importable from here before the split into files, and so kept: the loss table and the private helpers.
+from .base import LOSSES, _check_bool, _check_positive, _per_example_norm, _project_linf, _unit_l2  # noqa: F401
+from .jsma import _best_pairs  # noqa: F401
+
+__all__ = ["Attack", "FGSM", "BIM", "PGD", "JSMA", "CW", "DeepFool", "Square",
+           "ce_loss", "margin_loss", "logit_margin", "loss_gradient", "changed_fraction"]
