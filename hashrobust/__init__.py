@@ -11,9 +11,10 @@ ICML 2015). Importing this package touches no GPU, network or disk.
     hr.evaluate(model, test.subset(1000))
     hr.success_rate(model, hr.FGSM(model, eps=0.3), test.images[:1000], test.labels[:1000])
 """
-from .attacks import BIM, CW, FGSM, JSMA, PGD, Attack, DeepFool
+from .attacks import BIM, CW, FGSM, JSMA, PGD, Attack, DeepFool, Square
 from .data import CIFAR10_CLASSES, ImageDataset, data_root, load_dataset
 from .hashing import hash_positions, num_buckets
+from .defenses import GradientMaskingWarning, choose_strength, gradient_inhibition, inhibition_report
 from .evaluation import jsma_success, success_rate, sweep, transfer
 from .layers import HashedConv2d, HashedLinear, compress, count_parameters
 from .models import ARCHS, Normalize, build_model
@@ -31,6 +32,8 @@ __all__ = [
     # the pretrained zoo
     "load_pretrained", "load_checkpoint", "read_manifest", "save_checkpoint",
     # attacks and their evaluation
-    "Attack", "FGSM", "BIM", "PGD", "JSMA", "CW", "DeepFool",
+    "Attack", "FGSM", "BIM", "PGD", "JSMA", "CW", "DeepFool", "Square",
     "success_rate", "jsma_success", "transfer", "sweep",
+    # the defence and its diagnostics
+    "gradient_inhibition", "inhibition_report", "choose_strength", "GradientMaskingWarning",
 ]
