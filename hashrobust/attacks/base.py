@@ -130,8 +130,8 @@ class Attack:
             self.model.eval()
             for p, _ in flags:
                 p.requires_grad_(False)
-            with torch.no_grad():
-                logits = self.model(images)  # (N, K)
+            with torch.no_grad():  # the prediction is needed only without labels; else one image gives K
+                logits = self.model(images if labels is None else images[:1])  # (N, K) or (1, K)
             if labels is None:
                 labels = self.default_labels(logits)
             else:
