@@ -6,7 +6,7 @@ CKPT := data/checkpoints
 TRAIN := $(BIN)/hashrobust train
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: install test lab zoo zoo-mnist zoo-cifar benchmark clean
+.PHONY: install test lab zoo zoo-mnist zoo-cifar benchmark results-mnist results-cifar10 clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ lab: install
 
 benchmark: install
 	$(BIN)/python benchmarks/hashed_layer.py
+	$(BIN)/python benchmarks/attacks.py
+
+# The experiments behind results/<dataset>/ (need the data: set HASHROBUST_DATA).
+results-%: install
+	$(BIN)/hashrobust analyze --dataset $*
+	$(BIN)/hashrobust reproduce --dataset $*
+	$(BIN)/hashrobust adaptive --dataset $*
 
 # Rebuild the pretrained zoo (needs the data: set HASHROBUST_DATA). MNIST: a few minutes
 # on 2 CPU cores; CIFAR-10: about 40 minutes on 2 CPU cores.

@@ -14,6 +14,7 @@ os.environ.setdefault("HASHROBUST_DATA", str(Path(__file__).resolve().parents[2]
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from hashrobust.data import ImageDataset, load_dataset  # noqa: E402
 
@@ -40,3 +41,15 @@ def cifar10_test() -> ImageDataset:
 def tiny_images(mnist_test: ImageDataset):
     """The first 32 MNIST test images (32, 1, 28, 28) and their labels (32,): small, fixed, offline."""
     return mnist_test.images[:32].clone(), mnist_test.labels[:32].clone()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small batches: one thread is faster, and far faster when another job holds the cores.
+
+    Use per module with `pytestmark = pytest.mark.usefixtures("one_thread")`.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -49,13 +49,7 @@ def labels_for(name: str, labels: torch.Tensor) -> torch.Tensor:
     return (labels + 1) % 10 if name == "JSMA" else labels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batches: one thread is faster, and far faster when another job holds the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

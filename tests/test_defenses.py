@@ -29,13 +29,7 @@ CONV = (nn.Conv2d, HashedConv2d)
 N_CLAIMS = 500  # test images for the measured claims (small enough for CI on 2 shared cores)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batches: one thread is faster, and far faster when another job holds the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

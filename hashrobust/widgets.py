@@ -1,0 +1,463 @@
+"""Interactive explorers for the notebooks (ipywidgets 8, JupyterLab 4): sliders in, a static figure out.
+
+Static first (../shared/COURSE.md, "Widgets: static first"): a notebook run
+headless (nbconvert, nbval) stores what `display` shows, never what a widget
+callback draws, and GitHub, nbviewer and Jupyter Book run no widget code. So
+`show()` first displays a PNG of the default setting with
+`display(image, display_id=True)`, then the controls, and every slider move
+replaces that PNG through `handle.update(image)`. Figures are
+`matplotlib.figure.Figure` objects (never pyplot: nothing leaks or
+auto-displays), drawn by pure functions (`ratio_figure`, ...). Setting a
+slider's value in Python fires the observers a user's drag fires, so
+`explorer.set(eps=0.2)` drives an explorer in tests, and `.state` keeps the
+last numbers. What a slider selects is computed once and cached: a move costs
+well under 1 s on a 2-core CPU (benchmarks/widgets.py). Importing this module
+loads no model or data; the explorers load the zoo when built.
+
+    from hashrobust.widgets import CompressionAttackExplorer
+    CompressionAttackExplorer().show()
+
+Shapes: N batch, C/H/W image, K classes.
+"""
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+
+import ipywidgets as widgets
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from ._validation import check_choice, check_number
+from .attacks import BIM, FGSM, PGD, Attack
+from .data import ImageDataset, load_dataset
+from .defenses import DEFAULT_GRIDS, SATURATION_MARGIN, GradientMaskingWarning, gradient_inhibition, inhibition_report
+from .evaluation import success_rate, transfer
+from .hashing import hash_positions, num_buckets
+from .zoo import load_pretrained, read_manifest
+
+__all__ = ["RATIOS", "ATTACKS", "RatioExplorer", "AdversarialExplorer", "CompressionAttackExplorer",
+           "InhibitionExplorer", "ratio_figure", "adversarial_figure", "compression_attack_figure",
+           "inhibition_figure"]
+
+RATIOS = (1, 2, 4, 8, 16, 32, 64)  # the zoo's compression ratios, a log2 scale
+ATTACKS: dict[str, Callable[[nn.Module, float], Attack]] = {  # 20 steps of eps/8 reach any corner of the ball
+    "FGSM": lambda model, eps: FGSM(model, eps=eps),
+    "BIM": lambda model, eps: BIM(model, eps=eps, alpha=max(eps, 0.01) / 8, steps=20),
+    "PGD": lambda model, eps: PGD(model, eps=eps, alpha=max(eps, 0.01) / 8, steps=20, seed=0),
+}
+BLUE, ORANGE = "#0072B2", "#E69F00"  # Okabe-Ito: safe for colour-blind readers
+_WIDE = {"style": {"description_width": "initial"}, "layout": widgets.Layout(width="460px")}
+
+
+# ----------------------------------------------------------------------------- controls and helpers
+def _ratio_slider(value: float = 8, ratios: Sequence[float] = RATIOS) -> widgets.SelectionSlider:
+    """Compression ratio r on a log2 scale: only the zoo's ratios 1, 2, 4, ..., 64 can be chosen."""
+    return widgets.SelectionSlider(options=[(f"{r:g}x", r) for r in ratios], value=value, continuous_update=False,
+                                   description="compression ratio r (virtual / real weights)", **_WIDE)
+
+
+def _eps_slider(value: float = 0.1, high: float = 0.3) -> widgets.FloatSlider:
+    """Attack radius eps, L-inf, in pixel units (MNIST: 0..0.3, step 0.01)."""
+    return widgets.FloatSlider(value=value, min=0, max=high, step=0.01, readout_format=".2f",
+                               continuous_update=False, description="eps, L-inf radius (pixel units, 0-1)", **_WIDE)
+
+
+def _probs(model: nn.Module, images: Tensor) -> Tensor:
+    """Softmax probabilities (N, K) in float32, in eval mode; the model's mode is restored."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            return model.eval()(images).softmax(1)
+    finally:
+        model.train(was_training)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+class _Explorer:
+    """What every explorer shares: `sliders`, `controls`, `readout`, `state`, `set`, `figure()`, `show()`.
+
+    A subclass builds its sliders and calls `_wire`; it defines `_compute(**slider values) -> state`
+    (cached where costly), `_describe() -> readout HTML` and `_draw() -> Figure`.
+    """
+
+    def _wire(self, **sliders: widgets.ValueWidget) -> None:
+        self.sliders = sliders
+        self.readout = widgets.HTML()  # the numbers as text, beside the figure (accessibility, browser tests)
+        self.controls = widgets.VBox([*sliders.values(), self.readout])
+        self._handle = None
+        for slider in sliders.values():
+            slider.observe(self._update, names="value")
+        self._update()
+
+    def set(self, **values: object) -> None:
+        """Move controls as a user would (each assignment fires the observers), e.g. set(ratio=8, eps=0.05)."""
+        owner = f"{type(self).__name__}.set"
+        for name, value in values.items():
+            slider = self.sliders[check_choice(name, "control", self.sliders)]
+            if isinstance(slider, widgets.FloatSlider):
+                check_number(value, name, owner, low=slider.min, high=slider.max)
+            else:
+                allowed = [o[1] if isinstance(o, tuple) else o for o in slider.options]
+                if value not in allowed:
+                    raise ValueError(f"The '{name}' parameter of {owner} must be one of "
+                                     f"{', '.join(map(str, allowed))}. Got {value!r} instead.")
+            slider.value = value
+
+    def _update(self, change: dict | None = None) -> None:
+        self.state = self._compute(**{name: slider.value for name, slider in self.sliders.items()})
+        self._figure: Figure | None = None
+        self.readout.value = self._describe()
+        if self._handle is not None:
+            self._handle.update(self._image())
+
+    def figure(self) -> Figure:
+        """The figure of the current setting (drawn once per setting)."""
+        if self._figure is None:
+            self._figure = self._draw()
+        return self._figure
+
+    def _image(self):
+        from IPython.display import Image
+
+        buffer = io.BytesIO()
+        self.figure().savefig(buffer, format="png", dpi=80)
+        return Image(data=buffer.getvalue(), format="png", alt=re.sub("<[^>]+>", " ", self.readout.value))
+
+    def show(self) -> None:
+        """In a notebook: display a PNG of the current setting (what a saved notebook keeps), then the controls."""
+        from IPython import display as ipython_display
+
+        self._handle = ipython_display.display(self._image(), display_id=True)
+        ipython_display.display(self.controls)
+
+
+# ----------------------------------------------------------------------------- 01: ratio, accuracy, size, hash
+def ratio_figure(rows: Sequence[dict], ratio: float, seed: int = 0, title: str = "") -> Figure:
+    """Clean accuracy and checkpoint size vs ratio (selected ratio circled), and an 8x8 layer's buckets and signs.
+
+    Args:
+        rows: one dict per ratio with "ratio", "clean_acc" in [0, 1] and "bytes" (as `RatioExplorer.rows`).
+        ratio: the selected compression ratio; seed: the hash seed of the 8x8 example layer.
+    """
+    fig = Figure(figsize=(10.5, 3.2), layout="constrained")
+    acc_ax, size_ax, hash_ax = fig.subplots(1, 3)
+    ratios = [row["ratio"] for row in rows]
+    for ax, key, scale, label in ((acc_ax, "clean_acc", 100, "clean test accuracy (%)"),
+                                  (size_ax, "bytes", 1 / 1024, "checkpoint size (KiB, log scale)")):
+        ax.plot(ratios, [row[key] * scale for row in rows], "o-", color=BLUE)
+        for row in rows:
+            if row["ratio"] == ratio:
+                ax.plot([ratio], [row[key] * scale], "o", ms=13, mfc="none", mec=ORANGE, mew=2.5, label="selected")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(RATIOS, [f"{r:g}" for r in RATIOS])
+        ax.set(xlabel="compression ratio r", ylabel=label)
+    size_ax.set_yscale("log")
+    acc_ax.set_title(title, fontsize=9)
+    bucket, sign = hash_positions((8, 8), ratio, seed)  # (8, 8) each
+    k = num_buckets(64, ratio)
+    hash_ax.imshow(bucket.numpy(), cmap="viridis", vmin=0, vmax=max(k - 1, 1))
+    for (i, j), b in np.ndenumerate(bucket.numpy()):
+        hash_ax.text(j, i, f"{'+' if sign[i, j] > 0 else '-'}{b}", ha="center", va="center", fontsize=7,
+                     color="white" if b < 0.6 * max(k - 1, 1) else "black")
+    hash_ax.set_title(f"8x8 virtual weights on {k} real: colour = bucket,\n"
+                      f"+/- = sign (ratio {ratio:g}, seed {seed})", fontsize=9)
+    hash_ax.set_axis_off()
+    return fig
+
+
+class RatioExplorer(_Explorer):
+    """Notebook 01: pick a ratio; see the zoo's accuracy and checkpoint size, and how 64 weights share buckets.
+
+    Args:
+        dataset, arch: which zoo models (manifest entries) to plot.
+        ratio: the initial ratio; seed: hash seed of the 8x8 example layer.
+        manifest: a manifest dict (as `read_manifest()`); None reads the shipped one.
+
+    Example:
+        >>> RatioExplorer(ratio=8).state["clean_acc"]
+        0.9783
+
+    Used in: notebooks/01_hashednets.ipynb.
+    """
+
+    def __init__(self, dataset: str = "mnist", arch: str = "mlp3", ratio: float = 8, seed: int = 0,
+                 manifest: Mapping[str, dict] | None = None) -> None:
+        self.dataset, self.arch, self.seed = dataset, arch, seed
+        entries = (read_manifest() if manifest is None else manifest).values()
+        self.rows = sorted(({"ratio": e["ratio"], "clean_acc": e["clean_test_accuracy"], "bytes": e["bytes"],
+                             "real": e["real_parameters"], "virtual": e["virtual_parameters"]}
+                            for e in entries if e["dataset"] == dataset and e["arch"] == arch), key=lambda r: r["ratio"])
+        if not self.rows:
+            raise ValueError(f"The manifest has no {dataset} {arch} checkpoints; run `hashrobust zoo` first.")
+        self._wire(ratio=_ratio_slider(ratio))
+
+    def _compute(self, ratio: float) -> dict:
+        row = next((row for row in self.rows if row["ratio"] == ratio), {})
+        dense = next((row for row in self.rows if row["ratio"] == 1), {})
+        bucket, sign = hash_positions((8, 8), ratio, self.seed)  # (8, 8) each
+        return {"clean_acc": None, **row, "ratio": ratio, "dense_bytes": dense.get("bytes"),
+                "bucket": bucket, "sign": sign}
+
+    def _describe(self) -> str:
+        s = self.state
+        if s["clean_acc"] is None:
+            return f"ratio {s['ratio']:g}: no {self.dataset} {self.arch} checkpoint in the zoo"
+        size = f"checkpoint {s['bytes'] / 1024:,.0f} KiB"
+        if s["dense_bytes"]:
+            size += f" ({s['dense_bytes'] / s['bytes']:.1f}x smaller than dense)"
+        return (f"ratio {s['ratio']:g}: {s['real']:,} real of {s['virtual']:,} virtual weights; "
+                f"clean test accuracy {100 * s['clean_acc']:.2f}%; {size}")
+
+    def _draw(self) -> Figure:
+        return ratio_figure(self.rows, self.state["ratio"], self.seed, f"{self.dataset} {self.arch}: zoo checkpoints")
+
+
+# ----------------------------------------------------------------------------- 02: one attack on a few images
+def adversarial_figure(images: Tensor, adv_images: Tensor, clean_probs: Tensor, adv_probs: Tensor,
+                       eps: float, attack: str = "FGSM") -> Figure:
+    """One row per image: clean image, perturbation (colour map centred at 0, +-eps), adversarial image.
+
+    Titles give the predicted label and its softmax confidence. Colour images show the channel mean of
+    the perturbation.
+
+    Shape: images, adv_images (N, C, H, W) in [0, 1]; clean_probs, adv_probs (N, K).
+    """
+    n = len(images)
+    fig = Figure(figsize=(6.6, 2.1 * n), layout="constrained")
+    axes = fig.subplots(n, 3, squeeze=False)
+    limit = max(eps, 1e-3)
+    for i, row in enumerate(axes):
+        delta = (adv_images[i] - images[i]).mean(0)  # (H, W)
+        for ax, image, probs, name in ((row[0], images[i], clean_probs[i], "clean"),
+                                       (row[2], adv_images[i], adv_probs[i], f"{attack} eps {eps:.2f}")):
+            shown = image[0] if len(image) == 1 else image.permute(1, 2, 0)  # (H, W) or (H, W, C)
+            ax.imshow(shown.numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"{name}: {int(probs.argmax())} ({_pct(probs.max().item())})", fontsize=9)
+        row[1].imshow(delta.numpy(), cmap="PuOr", vmin=-limit, vmax=limit)
+        row[1].set_title(f"perturbation (+-{eps:.2f})", fontsize=9)
+        for ax in row:
+            ax.set_axis_off()
+    return fig
+
+
+class AdversarialExplorer(_Explorer):
+    """Notebook 02: pick an attack and eps; see the clean image, the perturbation and the adversarial image.
+
+    Args:
+        model: the classifier (images in [0, 1]); None loads the zoo's mnist mlp3 (dense).
+        data: the images and labels; None loads the MNIST test split. The first n are shown.
+        attack: "FGSM", "BIM" or "PGD" (see ATTACKS); eps: initial L-inf radius in pixel units.
+
+    Example:
+        >>> explorer = AdversarialExplorer(n=2)
+        >>> explorer.set(eps=0); bool((explorer.state["adv_images"] == explorer.images).all())
+        True
+
+    Used in: notebooks/02_adversarial_examples.ipynb.
+    """
+
+    def __init__(self, model: nn.Module | None = None, data: ImageDataset | None = None, n: int = 3,
+                 attack: str = "FGSM", eps: float = 0.1) -> None:
+        self.model = load_pretrained("mnist", "mlp3", 1) if model is None else model
+        data = (load_dataset("mnist", "test") if data is None else data).subset(n)
+        self.images, self.labels = data.images, data.labels  # (N, C, H, W), (N,)
+        self.clean_probs = _probs(self.model, self.images)  # (N, K)
+        self.cache: dict[tuple[str, float], tuple[Tensor, Tensor]] = {}
+        attacks = widgets.Dropdown(options=list(ATTACKS), value=check_choice(attack, "attack", ATTACKS),
+                                   description="attack", **_WIDE)
+        self._wire(attack=attacks, eps=_eps_slider(eps))
+
+    def _compute(self, attack: str, eps: float) -> dict:
+        key = (attack, round(eps, 6))
+        if key not in self.cache:
+            adv_images = ATTACKS[attack](self.model, eps)(self.images)  # (N, C, H, W)
+            self.cache[key] = adv_images, _probs(self.model, adv_images)
+        adv_images, adv_probs = self.cache[key]
+        return {"attack": attack, "eps": eps, "adv_images": adv_images, "adv_probs": adv_probs,
+                "clean_pred": self.clean_probs.argmax(1), "clean_conf": self.clean_probs.amax(1),
+                "adv_pred": adv_probs.argmax(1), "adv_conf": adv_probs.amax(1),
+                "linf": (adv_images - self.images).flatten(1).abs().amax(1)}
+
+    def _describe(self) -> str:
+        s = self.state
+        return "<br>".join(f"image {i} (label {int(self.labels[i])}): clean {int(s['clean_pred'][i])} "
+                           f"({_pct(s['clean_conf'][i].item())}), {s['attack']} eps {s['eps']:.2f}: "
+                           f"{int(s['adv_pred'][i])} ({_pct(s['adv_conf'][i].item())})" for i in range(len(self.images)))
+
+    def _draw(self) -> Figure:
+        s = self.state
+        return adversarial_figure(self.images, s["adv_images"], self.clean_probs, s["adv_probs"], s["eps"], s["attack"])
+
+
+# ----------------------------------------------------------------------------- 03: ratio x eps, white-box and transfer
+def compression_attack_figure(rows: Sequence[dict], ratio: float, eps: float, n: int) -> Figure:
+    """FGSM success vs ratio at one eps: white-box on each hashed model, and transferred from the dense one.
+
+    Args:
+        rows: one dict per ratio with "ratio", "white_box" and "transfer" success in [0, 1].
+        ratio: the selected ratio (circled, its numbers printed); eps: the radius; n: images attacked.
+    """
+    fig = Figure(figsize=(6.0, 3.4), layout="constrained")
+    ax = fig.subplots()
+    ratios = [row["ratio"] for row in rows]
+    for key, label, colour, marker in (("white_box", "white-box FGSM on the hashed model", BLUE, "o"),
+                                       ("transfer", "transfer: FGSM crafted on the dense model", ORANGE, "s")):
+        ax.plot(ratios, [100 * row[key] for row in rows], marker=marker, color=colour, label=label)
+        for row in rows:
+            if row["ratio"] == ratio:
+                ax.plot([ratio], [100 * row[key]], marker, ms=13, mfc="none", mec="black", mew=2)
+                ax.annotate(_pct(row[key]), (ratio, 100 * row[key]), xytext=(-10, 8), textcoords="offset points",
+                            ha="right", fontsize=9)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(RATIOS, [f"{r:g}" for r in RATIOS])
+    ax.set(xlabel="compression ratio r", ylabel="success rate (%)", ylim=(0, 105),
+           title=f"FGSM eps {eps:.2f} on {n} MNIST test images (selected: r = {ratio:g})")
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+class CompressionAttackExplorer(_Explorer):
+    """Notebook 03: pick a ratio and eps; FGSM success white-box and transferred dense -> hashed.
+
+    Each (ratio, eps) is computed once with `success_rate` and `transfer` and cached; a new eps
+    computes every ratio's cell (one FGSM per model, milliseconds each) so the whole curve is drawn.
+
+    Args:
+        models: {ratio: model}, including ratio 1 (the transfer source); None loads the zoo's
+            mnist mlp3 at ratios 1..64 (on first use).
+        data: images and true labels; None loads the MNIST test split. The first n are attacked.
+        ratio, eps: the initial setting.
+
+    Used in: notebooks/03_compression_vs_attacks.ipynb.
+    """
+
+    def __init__(self, models: Mapping[float, nn.Module] | None = None, data: ImageDataset | None = None,
+                 n: int = 200, ratio: float = 8, eps: float = 0.1) -> None:
+        self.models = dict(models or {})
+        self.ratios = sorted(self.models) if models else RATIOS
+        if 1 not in self.ratios:
+            raise ValueError(f"The 'models' of CompressionAttackExplorer must include ratio 1 (the dense source "
+                             f"of the transfer attack). Got ratios {self.ratios} instead.")
+        data = (load_dataset("mnist", "test") if data is None else data).subset(n)
+        self.images, self.labels = data.images, data.labels
+        self.cache: dict[tuple[float, float], dict] = {}
+        self._wire(ratio=_ratio_slider(ratio, self.ratios), eps=_eps_slider(eps))
+
+    def model(self, ratio: float) -> nn.Module:
+        """The model at `ratio`, loaded from the zoo on first use."""
+        if ratio not in self.models:
+            self.models[ratio] = load_pretrained("mnist", "mlp3", ratio)
+        return self.models[ratio]
+
+    def _cell(self, ratio: float, eps: float) -> dict:
+        key = (ratio, round(eps, 6))
+        if key not in self.cache:
+            model, dense = self.model(ratio), self.model(1)
+            self.cache[key] = {
+                "ratio": ratio, "eps": eps,
+                "white_box": success_rate(model, FGSM(model, eps=eps), self.images, self.labels)["success"],
+                "transfer": transfer(dense, model, FGSM(dense, eps=eps), self.images, self.labels)["success"]}
+        return self.cache[key]
+
+    def _compute(self, ratio: float, eps: float) -> dict:
+        rows = [self._cell(r, eps) for r in self.ratios]
+        return {**self._cell(ratio, eps), "rows": rows}
+
+    def _describe(self) -> str:
+        s = self.state
+        return (f"ratio {s['ratio']:g}, FGSM eps {s['eps']:.2f}, {len(self.images)} images: "
+                f"white-box success {_pct(s['white_box'])}; transfer dense -> hashed success {_pct(s['transfer'])}")
+
+    def _draw(self) -> Figure:
+        return compression_attack_figure(self.state["rows"], self.state["ratio"], self.state["eps"], len(self.images))
+
+
+# ----------------------------------------------------------------------------- 05: gradient inhibition
+def inhibition_figure(before: dict, after: dict, strength: float, eps: float) -> Figure:
+    """Logit-margin histograms before/after GI, and the masking numbers side by side.
+
+    Args:
+        before, after: `InhibitionExplorer` statistics: "margin" (N,), "saturated" (fraction of
+            softmax maxima exactly 1.0 in float32), "zero_grad_fraction", "clean_acc", "success".
+        strength: the GI strength; eps: the FGSM radius of "success".
+    """
+    fig = Figure(figsize=(10.0, 3.4), layout="constrained")
+    hist_ax, bar_ax = fig.subplots(1, 2)
+    top = max(1e3, float(after["margin"].max()), float(before["margin"].max()))
+    bins = np.geomspace(1e-2, top * 1.5, 40)
+    for stats, label, colour in ((before, "before GI", BLUE), (after, f"after GI, strength {strength:g}", ORANGE)):
+        hist_ax.hist(stats["margin"].clamp(min=1e-2).numpy(), bins=bins, histtype="step", lw=2, color=colour,
+                     label=label)
+    hist_ax.axvline(SATURATION_MARGIN, color="black", ls="--", label="float32 softmax saturates")
+    hist_ax.set(xscale="log", xlabel="top-1 minus top-2 logit (log scale)", ylabel="images",
+                title="logit margins")
+    hist_ax.legend(fontsize=8)
+    names = ("softmax max\n= 1.0 exactly", "zero input\ngradient", "clean\naccuracy", f"FGSM eps {eps:.2f}\nsuccess")
+    keys = ("saturated", "zero_grad_fraction", "clean_acc", "success")
+    x = np.arange(len(keys))
+    for offset, stats, label, colour in ((-0.2, before, "before", BLUE), (0.2, after, "after", ORANGE)):
+        values = [100 * stats[k] for k in keys]
+        bars = bar_ax.bar(x + offset, values, width=0.4, color=colour, label=label)
+        bar_ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    bar_ax.set_xticks(x, names, fontsize=8)
+    bar_ax.set(ylabel="% of images", ylim=(0, 125), title="what GI changes (float32)")
+    bar_ax.legend(fontsize=8, loc="upper right", ncols=2)
+    return fig
+
+
+class InhibitionExplorer(_Explorer):
+    """Notebook 05: pick a GI strength; see the margins grow until float32 saturates and gradients vanish.
+
+    Args:
+        model: the undefended model; None loads the zoo's mnist mlp3 (dense). It is not modified.
+        data: images and true labels; None loads the MNIST test split. The first n are used.
+        strength: initial GI strength, one of DEFAULT_GRIDS[variant]; variant: as in `gradient_inhibition`.
+        eps: L-inf radius (pixel units) of the FGSM whose success is reported.
+
+    Used in: notebooks/05_gradient_inhibition.ipynb.
+    """
+
+    def __init__(self, model: nn.Module | None = None, data: ImageDataset | None = None, n: int = 200,
+                 strength: float = 0.1, variant: str = "constant", eps: float = 0.1) -> None:
+        self.model = load_pretrained("mnist", "mlp3", 1) if model is None else model
+        self.variant, self.eps = check_choice(variant, "variant", DEFAULT_GRIDS), eps
+        data = (load_dataset("mnist", "test") if data is None else data).subset(n)
+        self.images, self.labels = data.images, data.labels
+        self.before = self.stats(self.model)
+        self.cache: dict[float, dict] = {}
+        slider = widgets.SelectionSlider(options=[(f"{v:g}", v) for v in DEFAULT_GRIDS[variant]], value=strength,
+                                         continuous_update=False, description=f"GI strength ({variant} variant)",
+                                         **_WIDE)
+        self._wire(strength=slider)
+
+    def stats(self, model: nn.Module) -> dict:
+        """Margins, saturated softmax, zero-gradient fraction, clean accuracy and FGSM success of `model`."""
+        with warnings.catch_warnings():  # the readout states the masking instead of a warning per slider move
+            warnings.simplefilter("ignore", GradientMaskingWarning)
+            report = inhibition_report(model, self.images, self.labels)
+        saturated = (_probs(model, self.images).amax(1) == 1).float().mean().item()
+        success = success_rate(model, FGSM(model, eps=self.eps), self.images, self.labels)["success"]
+        return {**report, "saturated": saturated, "success": success}
+
+    def _compute(self, strength: float) -> dict:
+        if strength not in self.cache:
+            self.cache[strength] = self.stats(gradient_inhibition(self.model, strength, self.variant, seed=0))
+        return {"strength": strength, "before": self.before, "after": self.cache[strength]}
+
+    def _describe(self) -> str:
+        b, a = self.before, self.state["after"]
+        return (f"GI strength {self.state['strength']:g} ({self.variant}), before -> after: zero input gradients "
+                f"{_pct(b['zero_grad_fraction'])} -> {_pct(a['zero_grad_fraction'])}; median logit margin "
+                f"{b['median_margin']:.1f} -> {a['median_margin']:.1f}; clean accuracy {_pct(b['clean_acc'])} -> "
+                f"{_pct(a['clean_acc'])}; FGSM eps {self.eps:.2f} success {_pct(b['success'])} -> {_pct(a['success'])}")
+
+    def _draw(self) -> Figure:
+        return inhibition_figure(self.before, self.state["after"], self.state["strength"], self.eps)
