@@ -109,15 +109,14 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from .reproduction import PAPER_AVERAGE, reproduce, write_reproduction
+    from .reproduction import PAPER_AVERAGE, average_success, reproduce, write_reproduction
 
     start = time.perf_counter()
     cells, curves = reproduce(args.dataset, n=args.n)
     out_dir = Path(args.out or f"results/{args.dataset}")
     for path in write_reproduction(cells, curves, out_dir, "hashrobust " + " ".join(map(shlex.quote, args.argv))):
         print(f"wrote {path}")
-    before = sum(c["success"] for c in cells if c["defence"] == "none") / (len(cells) / 2)
-    after = sum(c["success"] for c in cells if c["defence"] == "GI") / (len(cells) / 2)
+    before, after = average_success(cells, "none"), average_success(cells, "GI")
     paper = PAPER_AVERAGE[args.dataset]
     print(f"average attack success, no defence -> GI: ours {before:.2%} -> {after:.2%}; "
           f"the paper {paper[0]:.2%} -> {paper[1]:.2%} ({time.perf_counter() - start:.0f} s)")

@@ -34,7 +34,7 @@ from .reports import percent, write_csv
 from .train import _quiet
 from .zoo import load_pretrained, read_manifest
 
-__all__ = ["PAPER_AVERAGE", "ATTACK_EPS", "reproduce", "write_reproduction"]
+__all__ = ["PAPER_AVERAGE", "ATTACK_EPS", "reproduce", "average_success", "write_reproduction"]
 
 PAPER_AVERAGE = {"mnist": (0.8799, 0.0477), "cifar10": (0.8674, 0.0464)}  # (no defence, GI), the abstract
 ATTACK_EPS = {"mnist": 0.3, "cifar10": 8 / 255}
@@ -84,7 +84,8 @@ def reproduce(dataset: str, n: int = 1000, jsma_images: int = 10, variant: str =
     return cells, curves
 
 
-def _average(cells: list[dict], defence: str) -> float:
+def average_success(cells: list[dict], defence: str) -> float:
+    """The paper's "average attack success rate": the mean over attacks x networks x ratios of one defence."""
     return statistics.fmean(c["success"] for c in cells if c["defence"] == defence)
 
 
@@ -145,7 +146,7 @@ def write_reproduction(cells: list[dict], curves: list[dict], out_dir: str | Pat
     label = f"{'MNIST' if dataset == 'mnist' else 'CIFAR-10'} ({variant})"
     paths = [write_csv(cells, out_dir / "cells.csv"), write_csv(curves, out_dir / "strength_curves.csv")]
     _figure(cells, curves, label).savefig(out_dir / "reproduction.png", dpi=110)
-    before, after = _average(cells, "none"), _average(cells, "GI")
+    before, after = average_success(cells, "none"), average_success(cells, "GI")
     paper_before, paper_after = PAPER_AVERAGE[dataset]
     models = sorted({(c["arch"], c["ratio"]) for c in cells})
     md = [f"# Gradient inhibition, reproduced: {label}", "",

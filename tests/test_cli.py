@@ -138,3 +138,12 @@ def test_from_dense_must_be_a_dense_checkpoint_of_the_same_arch(capsys):
     dense = str(CHECKPOINT_DIR / "mnist-mlp3-r1.pt")
     assert main(["train", "--dataset", "mnist", "--arch", "lenet", "--ratio", "4", "--from-dense", dense]) == 2
     assert "is mnist mlp3 at ratio 1" in capsys.readouterr().err
+
+
+def test_analyze_writes_the_report_for_the_default_arch(tmp_path, capsys):
+    assert main(["analyze", "--dataset", "mnist", "--n", "20", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "analysis.md").read_text()
+    assert "## mlp3" in text and "## lenet" not in text  # the default: the arch shipped at every ratio 1..64
+    assert "--dataset mnist --n 20" in text and (tmp_path / "heatmap_mlp3_whitebox.png").is_file()
+    rows = (tmp_path / "analysis.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 * 6 * (7 + 12)  # header + attacks x eps x (7 white-box + 6 + 6 transfer) cells
