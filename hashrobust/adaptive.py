@@ -23,17 +23,16 @@ import statistics
 import warnings
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .attacks import CW, FGSM, JSMA, PGD, Square
 from .data import load_dataset
-from .defenses import GradientMaskingWarning, choose_strength, gradient_inhibition, inhibition_report
+from .defenses import GradientMaskingWarning, inhibition_report
 from .evaluation import jsma_success, transfer
 from .reports import percent, write_csv
-from .reproduction import ATTACK_EPS
-from .train import _quiet, predict
+from .reproduction import ATTACK_EPS, SELECTION, defend_by_rule
+from .train import predict
 from .zoo import load_pretrained
 
 __all__ = ["Temperature", "adaptive_attacks", "evaluate_adaptive", "write_adaptive", "MODELS"]
@@ -73,15 +72,13 @@ def evaluate_adaptive(dataset: str, n: int = 1000, n_cw: int = 100, jsma_images:
     """Attack each model undefended and with GI; one row per (model, defence, attack)."""
     eps = ATTACK_EPS[dataset]
     test = load_dataset(dataset, "test").subset(n)
-    selection = load_dataset(dataset, "train").subset(1000)
+    selection = load_dataset(dataset, "train").subset(SELECTION)
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GradientMaskingWarning)  # expected: GI masks gradients
-        for arch, ratio in tqdm(models or MODELS[dataset], desc=f"adaptive {dataset}", unit="model",
-                                disable=_quiet()):
+        for arch, ratio in tqdm(models or MODELS[dataset], desc=f"adaptive {dataset}", unit="model"):
             model = load_pretrained(dataset, arch, ratio)
-            strength, _ = choose_strength(model, selection.images, selection.labels)
-            defended = gradient_inhibition(model, eps=strength, seed=0)
+            defended, strength, _ = defend_by_rule(model, selection)
             for defence, m in (("none", model), ("GI", defended)):
                 base = {"dataset": dataset, "variant": test.variant, "arch": arch, "ratio": ratio,
                         "defence": defence, "gi_strength": strength if defence == "GI" else 0.0,
@@ -96,7 +93,7 @@ def evaluate_adaptive(dataset: str, n: int = 1000, n_cw: int = 100, jsma_images:
                     rows.append({**base, "attack": name, "eps": None, "bounded": False, "n": row["n"],
                                  "success": row["success"], "fooling": None, "robust_acc": None, "clean_acc": None,
                                  "median_l2": None})
-                images, labels = test.images[:n_cw], test.labels[:n_cw]
+                images = test.images[:n_cw]
                 adv = CW(m, c=10.0, kappa=0.0, steps=100, lr=0.01)(images)
                 changed = predict(m, adv) != predict(m, images)
                 l2 = (adv - images).flatten(1).norm(dim=1)[changed]

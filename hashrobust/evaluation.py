@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .attacks import JSMA, Attack
 from .data import ImageDataset
-from .train import _quiet, predict
+from .train import predict
 
 __all__ = ["success_rate", "jsma_success", "transfer", "sweep", "AttackFactory"]
 
@@ -146,7 +146,7 @@ def sweep(models: Mapping[tuple[str, float], nn.Module], attacks: Mapping[str, A
     eps_values = list(eps_values)
     rows = []
     cells = len(models) * len(attacks) * len(eps_values)
-    with tqdm(total=cells, desc="sweep", unit="cell", disable=_quiet()) as bar:
+    with tqdm(total=cells, desc="sweep", unit="cell") as bar:
         for (arch, ratio), model in models.items():
             for name, make in attacks.items():
                 for eps in eps_values:

@@ -24,20 +24,32 @@ from pathlib import Path
 
 import matplotlib
 from matplotlib.figure import Figure
+from torch import nn
 from tqdm.auto import tqdm
 
 from .attacks import BIM, FGSM, JSMA
-from .data import load_dataset
+from .data import ImageDataset, load_dataset
 from .defenses import GradientMaskingWarning, choose_strength, gradient_inhibition, inhibition_report
 from .evaluation import jsma_success, success_rate
 from .reports import percent, write_csv
-from .train import _quiet
 from .zoo import load_pretrained, read_manifest
 
-__all__ = ["PAPER_AVERAGE", "ATTACK_EPS", "reproduce", "average_success", "write_reproduction"]
+__all__ = ["PAPER_AVERAGE", "ATTACK_EPS", "SELECTION", "defend_by_rule", "reproduce", "average_success",
+           "write_reproduction"]
 
+SELECTION = 1000  # the first SELECTION training images choose the GI strength (never the test images)
 PAPER_AVERAGE = {"mnist": (0.8799, 0.0477), "cifar10": (0.8674, 0.0464)}  # (no defence, GI), the abstract
 ATTACK_EPS = {"mnist": 0.3, "cifar10": 8 / 255}
+
+
+def defend_by_rule(model: nn.Module, selection: ImageDataset, variant: str = "constant",
+                   target: float = 0.9) -> tuple[nn.Module, float, list[dict]]:
+    """GI at the strength this project's rule picks (module docstring): (defended model, strength, curve).
+
+    Used by both `reproduce` and adaptive.evaluate_adaptive, so both reports defend the same models.
+    """
+    strength, curve = choose_strength(model, selection.images, selection.labels, variant=variant, target=target)
+    return gradient_inhibition(model, eps=strength, variant=variant, seed=0), strength, curve
 
 
 def reproduce(dataset: str, n: int = 1000, jsma_images: int = 10, variant: str = "constant",
@@ -54,21 +66,19 @@ def reproduce(dataset: str, n: int = 1000, jsma_images: int = 10, variant: str =
     eps = ATTACK_EPS[dataset]
     attacks = {"FGSM": lambda m: FGSM(m, eps=eps), "BIM": lambda m: BIM(m, eps=eps, alpha=eps / 10, steps=40)}
     test = load_dataset(dataset, "test").subset(n)
-    selection = load_dataset(dataset, "train").subset(1000)
+    selection = load_dataset(dataset, "train").subset(SELECTION)
     entries = sorted((e for e in read_manifest().values() if e["dataset"] == dataset
                       and (models is None or (e["arch"], e["ratio"]) in models)), key=lambda e: (e["arch"], e["ratio"]))
     cells, curves = [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GradientMaskingWarning)  # expected here: it is what GI does
-        for entry in tqdm(entries, desc=f"reproduce {dataset}", unit="model", disable=_quiet()):
+        for entry in tqdm(entries, desc=f"reproduce {dataset}", unit="model"):
             model = load_pretrained(dataset, entry["arch"], entry["ratio"])
-            strength, curve = choose_strength(model, selection.images, selection.labels, variant=variant,
-                                              target=target)
+            defended, strength, curve = defend_by_rule(model, selection, variant, target)
             for point in curve:
                 masked = gradient_inhibition(model, eps=point["eps"], variant=variant, seed=0)
                 fgsm = success_rate(masked, attacks["FGSM"](masked), test.images, test.labels)["success"]
                 curves.append({"arch": entry["arch"], "ratio": entry["ratio"], **point, "fgsm_success": fgsm})
-            defended = gradient_inhibition(model, eps=strength, variant=variant, seed=0)
             for defence, m in (("none", model), ("GI", defended)):
                 report = inhibition_report(m, test.images, test.labels)
                 base = {"dataset": dataset, "variant": test.variant, "arch": entry["arch"], "ratio": entry["ratio"],

@@ -10,7 +10,6 @@ Topin 2017) reaches the zoo's accuracy floors in a few CPU epochs.
 """
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import asdict, dataclass
 
@@ -70,11 +69,6 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _quiet() -> bool:
-    """True when TQDM_DISABLE is set (as CI and nbval runs do): tqdm's own switch, honoured here too."""
-    return os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
-
-
 def _augment(images: Tensor, generator: torch.Generator) -> Tensor:
     """Random shifts of up to 4 pixels (reflect-padded crops) and horizontal flips, per image."""
     n, _, h, w = images.shape  # (N, C, H, W)
@@ -111,7 +105,8 @@ def train(model: nn.Module, train_set: ImageDataset, recipe: TrainRecipe | None 
     steps = (len(train_set) + recipe.batch_size - 1) // recipe.batch_size
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * steps)
     history = []
-    bar = tqdm(total=recipe.epochs * steps, desc="train", unit="batch", disable=not progress or _quiet())
+    # TQDM_DISABLE (set by CI and nbval runs) is tqdm's own switch; pass `disable` only to force the bar off
+    bar = tqdm(total=recipe.epochs * steps, desc="train", unit="batch", **({} if progress else {"disable": True}))
     for epoch in range(recipe.epochs):
         order = torch.randperm(len(train_set), generator=generator)
         total_loss, correct = 0.0, 0
