@@ -24,7 +24,7 @@ from . import __version__
 from .data import load_dataset
 from .layers import compress, count_parameters
 from .models import ARCHS, DATASET_OF_ARCH, build_model
-from .train import RECIPES, TrainRecipe, evaluate, train
+from .train import RECIPES, evaluate, train
 from .zoo import CHECKPOINT_DIR, load_checkpoint, load_pretrained, read_manifest, save_checkpoint
 
 

@@ -38,9 +38,5 @@ from .cw import CW
 from .deepfool import DeepFool
 from .square import Square
 
-# Importable from here before the split into files, and so kept: the loss table and the private helpers.
-from .base import LOSSES, _check_bool, _check_positive, _per_example_norm, _project_linf, _unit_l2  # noqa: F401
-from .jsma import _best_pairs  # noqa: F401
-
 __all__ = ["Attack", "FGSM", "BIM", "PGD", "JSMA", "CW", "DeepFool", "Square",
            "ce_loss", "margin_loss", "logit_margin", "loss_gradient", "changed_fraction"]
