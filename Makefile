@@ -6,7 +6,7 @@ CKPT := data/checkpoints
 TRAIN := $(BIN)/hashrobust train
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: install test lab zoo zoo-mnist zoo-cifar benchmark results-mnist results-cifar10 clean
+.PHONY: install test lab notebooks browser-test zoo zoo-mnist zoo-cifar benchmark results-mnist results-cifar10 clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +26,17 @@ test: install
 lab: install
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)
 
+# Re-execute the notebooks in place (their stored outputs are part of the course; commit them).
+# Quiet progress bars and no per-cell timestamps, so a re-run changes only what really changed.
+NB ?= notebooks/[0-9]*.ipynb
+notebooks: install
+	TQDM_DISABLE=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+	  --ExecutePreprocessor.record_timing=False --ExecutePreprocessor.timeout=600 $(NB)
+
 benchmark: install
 	$(BIN)/python benchmarks/hashed_layer.py
 	$(BIN)/python benchmarks/attacks.py
+	$(BIN)/python benchmarks/widgets.py
 
 # The experiments behind results/<dataset>/ (need the data: set HASHROBUST_DATA).
 results-%: install

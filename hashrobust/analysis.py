@@ -22,10 +22,13 @@ from pathlib import Path
 from .attacks import BIM, FGSM, PGD
 from .data import load_dataset
 from .evaluation import sweep
+from matplotlib.figure import Figure
+
+from ._validation import check_choice
 from .reports import heatmap, markdown_table, percent, write_csv
 from .zoo import load_pretrained, read_manifest
 
-__all__ = ["ATTACKS", "EPS_GRID", "run_analysis", "findings", "write_analysis"]
+__all__ = ["ATTACKS", "EPS_GRID", "MODES", "run_analysis", "findings", "analysis_heatmap", "write_analysis"]
 
 ATTACKS = {
     "FGSM": lambda model, eps: FGSM(model, eps=eps),
@@ -109,13 +112,35 @@ MODES = {  # title: (which rows, the ratio that labels a row, file-name slug)
 }
 
 
+def _eps_fmt(dataset: str):
+    return (lambda e: f"{e:g}") if dataset == "mnist" else (lambda e: f"{e * 255:.0f}/255")
+
+
+def analysis_heatmap(rows: Sequence[dict], arch: str, mode: str = "white-box") -> Figure:
+    """Attack success over (ratio, eps), one panel per attack, for one architecture and one mode of MODES.
+
+    Rows are `run_analysis` rows, or `reports.read_results(dataset, "analysis")`. The figure's title names
+    the dataset variant (the CIFAR-10 stand-in says so).
+    """
+    keep, row_key, _ = MODES[check_choice(mode, "mode", MODES)]
+    archs = sorted({r["arch"] for r in rows})
+    rows = [r for r in rows if r["arch"] == arch and keep(r)]
+    if not rows:
+        raise ValueError(f"No {mode} rows for arch {arch!r}; these rows have archs {archs}.")
+    first = rows[0]
+    label = {"mnist": "MNIST", "cifar10": "CIFAR-10"}[first["dataset"]]
+    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    panels = [(attack, [r for r in rows if r["attack"] == attack]) for attack in attacks]
+    return heatmap(panels, row_key, "eps", "success", col_fmt=_eps_fmt(first["dataset"]),
+                   suptitle=f"{label} ({first['variant']}), {arch}: attack success, {mode}")
+
+
 def write_analysis(rows: list[dict], out_dir: str | Path, command: str) -> list[Path]:
     """analysis.csv, analysis.md (findings and tables) and heatmap_<arch>_<mode>.png under out_dir."""
     out_dir = Path(out_dir)
     written = [write_csv(rows, out_dir / "analysis.csv")]
     first = rows[0]
     label = {"mnist": "MNIST", "cifar10": "CIFAR-10"}[first["dataset"]]
-    eps_fmt = (lambda e: f"{e:g}") if first["dataset"] == "mnist" else (lambda e: f"{e * 255:.0f}/255")
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
     md = [f"# Multi-factor analysis: {label} ({first['variant']})", "",
           f"Made by `{command}` on the first {first['n']} test images. Attack success = fraction of "
@@ -130,17 +155,15 @@ def write_analysis(rows: list[dict], out_dir: str | Path, command: str) -> list[
         md += ["", f"## {arch}", "", "Clean accuracy on these images: " +
                ", ".join(f"ratio {q:g}: {percent(a)}%" for q, a in sorted(clean.items())), ""]
         for mode, (keep, row_key, slug) in MODES.items():
-            panels = [(attack, [r for r in arch_rows if r["attack"] == attack and keep(r)]) for attack in attacks]
-            panels = [(attack, cells) for attack, cells in panels if cells]
-            if not panels:
+            if not any(keep(r) for r in arch_rows):
                 continue
-            for attack, cells in panels:
-                md += [f"### {attack}, {mode}: success (%)", "",
-                       markdown_table(cells, row_key, "eps", "success", col_fmt=eps_fmt), ""]
-            fig = heatmap(panels, row_key, "eps", "success", col_fmt=eps_fmt,
-                          suptitle=f"{label} ({first['variant']}), {arch}: attack success, {mode}")
+            for attack in attacks:
+                cells = [r for r in arch_rows if r["attack"] == attack and keep(r)]
+                if cells:
+                    md += [f"### {attack}, {mode}: success (%)", "",
+                           markdown_table(cells, row_key, "eps", "success", col_fmt=_eps_fmt(first["dataset"])), ""]
             path = out_dir / f"heatmap_{arch}_{slug}.png"
-            fig.savefig(path, dpi=110)
+            analysis_heatmap(arch_rows, arch, mode).savefig(path, dpi=110)
             written.append(path)
             md += [f"![{arch}: success over ratio and eps, {mode}]({path.name})", ""]
     (out_dir / "analysis.md").write_text("\n".join(md) + "\n")

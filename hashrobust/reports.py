@@ -14,7 +14,9 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-__all__ = ["write_csv", "pivot", "markdown_table", "heatmap", "percent"]
+__all__ = ["RESULTS", "write_csv", "read_csv", "read_results", "pivot", "markdown_table", "heatmap", "percent"]
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"  # the committed results/<dataset>/ of the repository
 
 
 def percent(value: float | None) -> str:
@@ -32,6 +34,42 @@ def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> Path:
         for row in rows:
             writer.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
     return path
+
+
+def _value(text: str) -> object:
+    """A CSV field back to what `write_csv` wrote: '' -> None, 'True'/'False' -> bool, '3' -> 3, '0.5' -> 0.5."""
+    if text == "":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_csv(path: str | os.PathLike) -> list[dict]:
+    """The rows of a CSV file written by `write_csv`: numbers as int or float, empty fields as None."""
+    with open(path, newline="") as f:
+        return [{k: _value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def read_results(dataset: str, name: str) -> list[dict]:
+    """The rows of the committed results/<dataset>/<name>.csv (e.g. "mnist", "analysis"), as `read_csv`.
+
+    Example:
+        >>> rows = read_results("mnist", "cells")
+        >>> sorted({row["defence"] for row in rows})
+        ['GI', 'none']
+    """
+    path = RESULTS / dataset / f"{name}.csv"
+    if not path.is_file():
+        made_by = {"analysis": "analyze", "cells": "reproduce", "strength_curves": "reproduce", "adaptive": "adaptive"}
+        raise FileNotFoundError(f"No {path}: run `hashrobust {made_by.get(name, '<command>')} --dataset {dataset}` "
+                                f"(or `make results-{dataset}`) to make it.")
+    return read_csv(path)
 
 
 def pivot(rows: Iterable[dict], row_key: str, col_key: str, value: str) -> tuple[list, list, list[list]]:

@@ -336,7 +336,7 @@ class CompressionAttackExplorer(_Explorer):
         data: images and true labels; None loads the MNIST test split. The first n are attacked.
         ratio, eps: the initial setting.
 
-    Used in: notebooks/03_compression_vs_attacks.ipynb.
+    Used in: notebooks/03_attacking_compressed_models.ipynb.
     """
 
     def __init__(self, models: Mapping[float, nn.Module] | None = None, data: ImageDataset | None = None,

@@ -3,8 +3,8 @@ import csv
 
 import pytest
 
-from hashrobust.analysis import findings, write_analysis
-from hashrobust.reports import markdown_table, percent, pivot, write_csv
+from hashrobust.analysis import analysis_heatmap, findings, write_analysis
+from hashrobust.reports import markdown_table, percent, pivot, read_csv, read_results, write_csv
 
 
 def _row(ratio, eps, success, mode="white-box", source_ratio=None, attack="FGSM"):
@@ -36,6 +36,33 @@ def test_write_csv_round_trips(tmp_path):
     path = write_csv([_row(1, 0.1, 0.123456)], tmp_path / "x" / "rows.csv")
     (row,) = csv.DictReader(open(path))
     assert row["success"] == "0.1235" and row["mode"] == "white-box"
+    (back,) = read_csv(path)  # types come back: int, float, str
+    assert back["ratio"] == 1 and isinstance(back["ratio"], int) and back["success"] == 0.1235
+    assert back["mode"] == "white-box" and back["eps"] == 0.1
+
+
+def test_read_csv_restores_none_and_bools(tmp_path):
+    path = write_csv([{"a": None, "b": True, "c": "PGD-40, CE", "d": 2.5}], tmp_path / "rows.csv")
+    assert read_csv(path) == [{"a": None, "b": True, "c": "PGD-40, CE", "d": 2.5}]
+
+
+def test_read_results_reads_the_committed_files_and_names_the_command():
+    rows = read_results("mnist", "analysis")
+    assert len(rows) == 468 and {r["mode"] for r in rows} == {"white-box", "transfer"}
+    with pytest.raises(FileNotFoundError, match="hashrobust adaptive --dataset nowhere"):
+        read_results("nowhere", "adaptive")
+
+
+def test_analysis_heatmap_panels_and_errors():
+    rows = _grid(0.5, 0.6)
+    fig = analysis_heatmap(rows, "mlp3", "transfer hashed -> dense")
+    panel = fig.axes[0]
+    assert panel.get_ylabel() == "source_ratio" and [t.get_text() for t in panel.get_yticklabels()] == ["8", "64"]
+    assert "hashed -> dense" in fig._suptitle.get_text() and "official" in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="archs \\['mlp3'\\]"):
+        analysis_heatmap(rows, "lenet")
+    with pytest.raises(ValueError, match="Unknown mode"):
+        analysis_heatmap(rows, "mlp3", "sideways")
 
 
 @pytest.mark.parametrize("dense, hashed, verdict", [
