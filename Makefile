@@ -66,3 +66,13 @@ zoo-cifar: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis data/cache
+
+# Drive notebook 03's explorer in a real browser: Debian's chromium, PyPI playwright (never
+# playwright's own browser download), a throwaway JupyterLab on a copy of notebooks/.
+# Needs the data: set HASHROBUST_DATA. NB_BROWSER picks another notebook.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+NB_BROWSER ?= notebooks/03_attacking_compressed_models.ipynb
+browser-test: install
+	test -x /usr/bin/chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+	$(BIN)/python -c "import playwright.sync_api" 2>/dev/null || $(BIN)/python -m pip install --quiet "playwright==1.65.2"
+	$(BIN)/python scripts/browser_test.py --notebook $(NB_BROWSER)

@@ -305,7 +305,7 @@ def compression_attack_figure(rows: Sequence[dict], ratio: float, eps: float, n:
         rows: one dict per ratio with "ratio", "white_box" and "transfer" success in [0, 1].
         ratio: the selected ratio (circled, its numbers printed); eps: the radius; n: images attacked.
     """
-    fig = Figure(figsize=(6.0, 3.4), layout="constrained")
+    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
     ax = fig.subplots()
     ratios = [row["ratio"] for row in rows]
     for key, label, colour, marker in (("white_box", "white-box FGSM on the hashed model", BLUE, "o"),
@@ -320,7 +320,7 @@ def compression_attack_figure(rows: Sequence[dict], ratio: float, eps: float, n:
     ax.set_xticks(RATIOS, [f"{r:g}" for r in RATIOS])
     ax.set(xlabel="compression ratio r", ylabel="success rate (%)", ylim=(0, 105),
            title=f"FGSM eps {eps:.2f} on {n} MNIST test images (selected: r = {ratio:g})")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below the axes: never over a point
     return fig
 
 
