@@ -16,7 +16,7 @@ from .data import CIFAR10_CLASSES, ImageDataset, data_root, load_dataset
 from .hashing import hash_positions, num_buckets
 from .defenses import GradientMaskingWarning, choose_strength, gradient_inhibition, inhibition_report
 from .evaluation import jsma_success, success_rate, sweep, transfer
-from .layers import HashedConv2d, HashedLinear, compress, count_parameters
+from .layers import HashedConv2d, HashedLinear, compress, count_parameters, decompress
 from .models import ARCHS, Normalize, build_model
 from .train import TrainRecipe, default_device, evaluate, predict, set_seed, train
 from .zoo import load_checkpoint, load_pretrained, read_manifest, save_checkpoint
@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # hashing and layers (HashedNets)
-    "hash_positions", "num_buckets", "HashedLinear", "HashedConv2d", "compress", "count_parameters",
+    "hash_positions", "num_buckets", "HashedLinear", "HashedConv2d", "compress", "decompress", "count_parameters",
     # models, data, training
     "ARCHS", "Normalize", "build_model", "load_dataset", "ImageDataset", "data_root", "CIFAR10_CLASSES",
     "TrainRecipe", "train", "evaluate", "predict", "set_seed", "default_device",

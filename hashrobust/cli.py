@@ -112,7 +112,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     from .reproduction import PAPER_AVERAGE, average_success, reproduce, write_reproduction
 
     start = time.perf_counter()
-    cells, curves = reproduce(args.dataset, n=args.n)
+    cells, curves = reproduce(args.dataset, n=args.n, jsma_images=args.jsma_images)
     out_dir = Path(args.out or f"results/{args.dataset}")
     for path in write_reproduction(cells, curves, out_dir, "hashrobust " + " ".join(map(shlex.quote, args.argv))):
         print(f"wrote {path}")
@@ -127,7 +127,7 @@ def _adaptive(args: argparse.Namespace) -> int:
     from .adaptive import evaluate_adaptive, write_adaptive
 
     start = time.perf_counter()
-    rows = evaluate_adaptive(args.dataset, n=args.n)
+    rows = evaluate_adaptive(args.dataset, n=args.n, jsma_images=args.jsma_images)
     out_dir = Path(args.out or f"results/{args.dataset}")
     for path in write_adaptive(rows, out_dir, "hashrobust " + " ".join(map(shlex.quote, args.argv))):
         print(f"wrote {path}")
@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--dataset", choices=["mnist", "cifar10"], required=True)
         p.add_argument("--n", type=int, default=1000, help="the first n test images (default 1000)")
+        p.add_argument("--jsma-images", type=int, default=10,
+                       help="JSMA on the first k test images x 9 targets (default 10, the protocol's; a JSMA "
+                            "iteration scores all D x D pixel pairs, D = 3072 on CIFAR-10: minutes per model)")
         p.add_argument("--out", default=None, help="output folder (default results/<dataset>)")
         p.set_defaults(func=func)
     return parser

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ._validation import check_choice, check_number
 from .hashing import hash_positions, num_buckets
 
-__all__ = ["HashedLinear", "HashedConv2d", "compress", "count_parameters", "HASHABLE_LAYERS"]
+__all__ = ["HashedLinear", "HashedConv2d", "compress", "decompress", "count_parameters", "HASHABLE_LAYERS"]
 
 HASHABLE_LAYERS = {"fc": (nn.Linear,), "all": (nn.Linear, nn.Conv2d)}
 
@@ -268,6 +268,43 @@ def compress(model: nn.Module, ratio: float, layers: str = "fc", seed: int = 0) 
     check_choice(layers, "layers", HASHABLE_LAYERS)
     new = copy.deepcopy(model)
     return new if ratio == 1 else hash_layers_(new, ratio, layers, seed, project=True)
+
+
+def _dense_twin(layer: _HashedLayer) -> nn.Module:
+    """nn.Linear / nn.Conv2d with weight V and the same bias, device, dtype and mode as `layer`."""
+    factory, bias = {"device": layer.weight.device, "dtype": layer.weight.dtype}, layer.bias is not None
+    if isinstance(layer, HashedLinear):
+        dense = nn.Linear(layer.in_features, layer.out_features, bias, **factory)
+    else:
+        dense = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                          bias=bias, **factory)
+    with torch.no_grad():
+        dense.weight.copy_(layer.virtual_weight())
+        if bias:
+            dense.bias.copy_(layer.bias)
+    return dense.train(layer.training)
+
+
+def decompress(model: nn.Module) -> nn.Module:
+    """A new dense model computing the same function: every hashed layer becomes its dense twin with weight V.
+
+    Paper: Liu et al. Sec. 4: a HashedNet computes the dense function of V, so
+    attacking it is attacking this twin (notebooks/03_attacking_compressed_models.ipynb
+    checks that numerically). The inverse of `compress` up to the projection error.
+
+    Example:
+        >>> hashed = compress(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), ratio=8)
+        >>> count_parameters(decompress(hashed))
+        (7850, 7850)
+    """
+    new = copy.deepcopy(model)
+    if isinstance(new, _HashedLayer):
+        return _dense_twin(new)
+    for name, layer in list(new.named_modules()):
+        if isinstance(layer, _HashedLayer):
+            parent_name, _, attr = name.rpartition(".")
+            setattr(new.get_submodule(parent_name), attr, _dense_twin(layer))
+    return new
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

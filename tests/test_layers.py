@@ -1,4 +1,5 @@
 """HashedLinear / HashedConv2d against dense oracles, their gradients, checkpoints, cache and compress()."""
+import copy
 import io
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hashrobust.layers import HashedConv2d, HashedLinear, compress, count_parameters
+from hashrobust.layers import HashedConv2d, HashedLinear, compress, count_parameters, decompress
 
 
 def _saved_bytes(module: nn.Module) -> int:
@@ -206,3 +207,20 @@ def test_count_parameters_real_and_virtual():
     assert count_parameters(HashedLinear(784, 1000, ratio=64)) == (13_250, 785_000)
     model = compress(nn.Sequential(nn.Flatten(), nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 10)), 8)
     assert count_parameters(model) == (98_000 + 1_000 + 1_250 + 10, 795_010)
+
+
+def test_decompress_computes_the_same_function_with_dense_layers_and_leaves_the_input_alone():
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+    hashed = compress(dense, ratio=8, layers="all").eval()
+    before = copy.deepcopy(hashed.state_dict())
+    twin = decompress(hashed)
+    assert not any(isinstance(m, (HashedLinear, HashedConv2d)) for m in twin.modules())
+    virtual = count_parameters(hashed)[1]
+    assert count_parameters(twin) == (virtual, virtual)
+    assert not twin.training
+    x = torch.rand(5, 1, 8, 8, requires_grad=True)
+    torch.testing.assert_close(twin(x), hashed(x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(twin[3].weight, hashed[3].virtual_weight())
+    assert all(torch.equal(before[k], v) for k, v in hashed.state_dict().items() if k in before and torch.is_tensor(v))
+    assert type(decompress(HashedLinear(6, 2, ratio=2))) is nn.Linear
