@@ -32,6 +32,7 @@ NB ?= notebooks/[0-9]*.ipynb
 notebooks: install
 	TQDM_DISABLE=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 	  --ExecutePreprocessor.record_timing=False --ExecutePreprocessor.timeout=600 $(NB)
+	$(BIN)/python scripts/tour_figures.py
 
 benchmark: install
 	$(BIN)/python benchmarks/hashed_layer.py

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import statistics
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attacks import CW, FGSM, JSMA, PGD, Square
+from .attacks import CW, FGSM, JSMA, PGD, Attack, Square
 from .data import load_dataset
 from .defenses import GradientMaskingWarning, inhibition_report
 from .evaluation import jsma_success, transfer
@@ -35,7 +36,8 @@ from .reproduction import ATTACK_EPS, SELECTION, defend_by_rule
 from .train import predict
 from .zoo import load_pretrained
 
-__all__ = ["Temperature", "adaptive_attacks", "evaluate_adaptive", "write_adaptive", "MODELS"]
+__all__ = ["Temperature", "adaptive_attacks", "evaluate_adaptive", "write_adaptive", "MODELS", "CHECKLIST",
+           "run_attacks", "success_by_attack", "strongest_by_model", "checklist_markdown"]
 
 MODELS = {"mnist": [("mlp3", 1), ("mlp3", 8), ("mlp3", 64), ("lenet", 1), ("lenet", 8)],
           "cifar10": [("cifar_cnn", 1), ("cifar_cnn", 8), ("cifar_cnn", 64)]}
@@ -127,6 +129,99 @@ CHECKLIST = [
 ]
 
 
+def run_attacks(model: nn.Module, attacks: Mapping[str, Callable[[nn.Module], Attack]], images: Tensor,
+                labels: Tensor | None = None, batch_size: int = 500) -> list[dict]:
+    """Each attack on `model`, as `evaluate_adaptive` scores it: one row per attack, in the order given.
+
+    An attack crafts its examples on its own `.model` (the model itself, `Temperature` of it, or the
+    undefended twin for a transfer attack) and they are scored on `model` (evaluation.transfer).
+
+    Args:
+        model: the model under attack, e.g. a GI model.
+        attacks: {name: factory(model) -> attack}, e.g. (a selection of) `adaptive_attacks(0.3, undefended)`.
+        images, labels: (N, C, H, W) in [0, 1] and the true labels (N,), or None for success only.
+
+    Returns:
+        [{"attack", "n", "success", "fooling", "robust_acc", "clean_acc"}].
+
+    Used in: notebooks/06_adaptive_attacks.ipynb.
+    """
+    rows = []
+    for name, make in attacks.items():
+        attack = make(model)
+        rows.append({"attack": name, **transfer(attack.model, model, attack, images, labels, batch_size)})
+    return rows
+
+
+def success_by_attack(rows: list[dict]) -> list[dict]:
+    """Mean success of each attack over the models, undefended and with GI (adaptive.md's first table).
+
+    Args:
+        rows: the rows of adaptive.csv (`evaluate_adaptive`, or `reports.read_results(dataset, "adaptive")`).
+
+    Returns:
+        [{"attack", "none", "GI"}], the attacks in the order of the rows.
+
+    Used in: notebooks/06_adaptive_attacks.ipynb.
+    """
+    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    return [{"attack": a, **{d: statistics.fmean(r["success"] for r in rows if r["attack"] == a and r["defence"] == d)
+                             for d in ("none", "GI")}} for a in attacks]
+
+
+def strongest_by_model(rows: list[dict]) -> list[dict]:
+    """Per model, the L-inf-bounded attack that leaves the lowest robust accuracy (adaptive.md's second table).
+
+    Args:
+        rows: the rows of adaptive.csv.
+
+    Returns:
+        [{"arch", "ratio", "gi_strength", "clean_acc" (GI), "attack", "robust_acc" (GI, under its strongest
+        attack), "attack_none", "robust_acc_none" (undefended, under its own strongest)}], models in row order.
+
+    Used in: notebooks/06_adaptive_attacks.ipynb.
+    """
+    table = []
+    for arch, ratio in dict.fromkeys((r["arch"], r["ratio"]) for r in rows):
+        mine = [r for r in rows if (r["arch"], r["ratio"]) == (arch, ratio)]
+        gi = _strongest([r for r in mine if r["defence"] == "GI"])
+        none = _strongest([r for r in mine if r["defence"] == "none"])
+        table.append({"arch": arch, "ratio": ratio, "gi_strength": gi["gi_strength"], "clean_acc": gi["clean_acc"],
+                      "attack": gi["attack"], "robust_acc": gi["robust_acc"], "attack_none": none["attack"],
+                      "robust_acc_none": none["robust_acc"]})
+    return table
+
+
+def _checklist_values(rows: list[dict]) -> dict:
+    """The numbers CHECKLIST's answers quote, as percent strings (the same as write_adaptive's)."""
+    gi = [r for r in rows if r["defence"] == "GI"]
+
+    def mean(name: str, defence: str = "GI", key: str = "success") -> str:
+        return percent(statistics.fmean(r[key] for r in rows if r["attack"] == name and r["defence"] == defence))
+
+    return {"eps": f"{rows[0]['eps']:.4g}", "paper": mean("FGSM, CE (the paper's)"),
+            "adaptive": percent(statistics.fmean(r["success"] for r in gi if "margin" in r["attack"]
+                                                 or "logits/" in r["attack"])),
+            "pgd": mean("PGD-40, margin"), "fgsm": mean("FGSM, margin"),
+            "square": mean("Square, margin, 1000 queries"),
+            "transfer": mean("transfer: PGD-40 margin from the undefended twin"),
+            "zero": mean("FGSM, CE (the paper's)", key="zero_grad_fraction"),
+            "zero0": mean("FGSM, CE (the paper's)", "none", key="zero_grad_fraction"),
+            "ce": mean("PGD-40, CE"), "temp": mean("PGD-40, CE on logits/1000")}
+
+
+def checklist_markdown(rows: list[dict]) -> str:
+    """CHECKLIST (Carlini et al. 2019) as a markdown list, each item with GI's answer from the rows' numbers.
+
+    Args:
+        rows: the rows of adaptive.csv (`evaluate_adaptive`, or `reports.read_results(dataset, "adaptive")`).
+
+    Used in: notebooks/06_adaptive_attacks.ipynb.
+    """
+    values = _checklist_values(rows)
+    return "\n".join(f"- **{item}**: {text.format(**values)}" for item, text in CHECKLIST)
+
+
 def write_adaptive(rows: list[dict], out_dir: str | Path, command: str) -> list[Path]:
     """adaptive.csv and adaptive.md under out_dir."""
     out_dir = Path(out_dir)
@@ -137,25 +232,18 @@ def write_adaptive(rows: list[dict], out_dir: str | Path, command: str) -> list[
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
     gi = [r for r in rows if r["defence"] == "GI"]
 
-    def mean(name: str, defence: str = "GI", key: str = "success") -> str:
-        return percent(statistics.fmean(r[key] for r in rows if r["attack"] == name and r["defence"] == defence))
-
     md = [f"# Gradient inhibition under adaptive attacks: {label}", "",
           f"Made by `{command}`. Same GI strength rule as reproduction.md; L-inf eps = {eps:.4g} on the first "
           f"{rows[0]['n']} test images; C&W on the first {next(r['n'] for r in rows if r['attack'].startswith('C&W'))}"
           f"; JSMA on {next(r['n'] for r in rows if r['attack'].startswith('JSMA'))} (image, target) pairs.", "",
           "## Success per attack (%), averaged over the models", "",
           "| attack | undefended | GI |", "|---|---:|---:|"]
-    md += [f"| {a} | {mean(a, 'none')} | {mean(a)} |" for a in attacks]
+    md += [f"| {r['attack']} | {percent(r['none'])} | {percent(r['GI'])} |" for r in success_by_attack(rows)]
     md += ["", "## Robust accuracy under the strongest bounded attack, per model", "",
            "| model | GI strength | clean acc. (GI) | strongest attack on GI | robust acc. (GI) | "
            "robust acc. (undefended, its strongest) |", "|---|---:|---:|---|---:|---:|"]
-    for arch, ratio in models:
-        mine = [r for r in rows if (r["arch"], r["ratio"]) == (arch, ratio)]
-        worst_gi = _strongest([r for r in mine if r["defence"] == "GI"])
-        worst_none = _strongest([r for r in mine if r["defence"] == "none"])
-        md.append(f"| {arch} r{ratio:g} | {worst_gi['gi_strength']:g} | {percent(worst_gi['clean_acc'])} | "
-                  f"{worst_gi['attack']} | {percent(worst_gi['robust_acc'])} | {percent(worst_none['robust_acc'])} |")
+    md += [f"| {t['arch']} r{t['ratio']:g} | {t['gi_strength']:g} | {percent(t['clean_acc'])} | {t['attack']} | "
+           f"{percent(t['robust_acc'])} | {percent(t['robust_acc_none'])} |" for t in strongest_by_model(rows)]
     md += ["", "## Every cell: success (%)", "", "| attack | " + " | ".join(
         f"{a} r{q:g} none / GI" for a, q in models) + " |", "|---|" + "---:|" * len(models)]
     for attack in attacks:
@@ -167,19 +255,10 @@ def write_adaptive(rows: list[dict], out_dir: str | Path, command: str) -> list[
     cw = [r for r in rows if r["attack"].startswith("C&W")]
     md += ["", "C&W median L2 of successful examples: " + ", ".join(
         f"{r['arch']} r{r['ratio']:g} {r['defence']}: {r['median_l2']:.2f}" for r in cw if r["median_l2"] is not None)]
-    values = {"eps": f"{eps:.4g}", "paper": mean("FGSM, CE (the paper's)"),
-              "adaptive": percent(statistics.fmean(r["success"] for r in gi if "margin" in r["attack"]
-                                                   or "logits/" in r["attack"])),
-              "pgd": mean("PGD-40, margin"), "fgsm": mean("FGSM, margin"),
-              "square": mean("Square, margin, 1000 queries"),
-              "transfer": mean("transfer: PGD-40 margin from the undefended twin"),
-              "zero": mean("FGSM, CE (the paper's)", key="zero_grad_fraction"),
-              "zero0": mean("FGSM, CE (the paper's)", "none", key="zero_grad_fraction"),
-              "ce": mean("PGD-40, CE"), "temp": mean("PGD-40, CE on logits/1000")}
     md += ["", "## Carlini et al. 2019, item by item, for GI", "",
            "The evaluation checklist of *On Evaluating Adversarial Robustness* (Carlini, Athalye, Papernot, Brendel, "
            "Rauber, Tsipras, Goodfellow, Madry, Kurakin; arXiv:1902.06705), applied to this defence:", ""]
-    md += [f"- **{item}**: {text.format(**values)}" for item, text in CHECKLIST]
+    md.append(checklist_markdown(rows))
     best_gi = statistics.fmean(_strongest([r for r in gi if (r["arch"], r["ratio"]) == m])["success"] for m in models)
     undefended = [r for r in rows if r["defence"] == "none"]
     best_none = statistics.fmean(_strongest([r for r in undefended if (r["arch"], r["ratio"]) == m])["success"]

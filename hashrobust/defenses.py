@@ -30,6 +30,7 @@ Shapes: N batch, C/H/W image, K classes.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -49,6 +50,7 @@ GI_LAYERS = {"fc": (nn.Linear, HashedLinear), "all": (nn.Linear, HashedLinear, n
 _ADDED = (0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 1, 1.25, 1.5, 2, 3, 5, 7.5, 10)
 DEFAULT_GRIDS = {"constant": _ADDED, "uniform": _ADDED, "w_multiple": (0, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50)}
 SATURATION_MARGIN = 20.0  # float32: a top-1 margin of about 17-20 rounds p_y to exactly 1
+UNDERFLOW_MARGIN = 150 * math.log(2)  # about 104: beyond it every other p_i underflows to 0, so p - y is exactly 0
 EXPLANATION = ("notebooks/06_adaptive_attacks.ipynb and Carlini et al. 2019, "
                "'On Evaluating Adversarial Robustness' (arXiv:1902.06705)")
 

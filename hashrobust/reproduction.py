@@ -35,7 +35,7 @@ from .reports import percent, write_csv
 from .zoo import load_pretrained, read_manifest
 
 __all__ = ["PAPER_AVERAGE", "ATTACK_EPS", "SELECTION", "defend_by_rule", "reproduce", "average_success",
-           "write_reproduction"]
+           "write_reproduction", "reproduction_figure", "strength_figure"]
 
 SELECTION = 1000  # the first SELECTION training images choose the GI strength (never the test images)
 PAPER_AVERAGE = {"mnist": (0.8799, 0.0477), "cifar10": (0.8674, 0.0464)}  # (no defence, GI), the abstract
@@ -146,6 +146,61 @@ def _figure(cells: list[dict], curves: list[dict], label: str) -> Figure:
     ax_clean.legend(fontsize=6)
     ax_trade.legend(fontsize=5, ncol=2)
     fig.suptitle(f"{label}: gradient inhibition (reconstructed protocol)", fontsize=10)
+    return fig
+
+
+def reproduction_figure(cells: list[dict], curves: list[dict], label: str) -> Figure:
+    """The figure of reproduction.md: success per ratio before/after GI, clean accuracy, zero gradients, trade-off.
+
+    Args:
+        cells, curves: the rows of cells.csv and strength_curves.csv (`reproduce`, or `reports.read_results`).
+        label: what the title names, e.g. "MNIST (official)".
+
+    Used in: notebooks/05_gradient_inhibition.ipynb.
+    """
+    return _figure(cells, curves, label)
+
+
+def strength_figure(curves: list[dict], label: str = "") -> Figure:
+    """The GI strength trade-off per model: zero-gradient fraction, clean accuracy and FGSM success vs strength.
+
+    One line per model (colour = compression ratio, line style = architecture); the strength the rule
+    chose (`chosen`) is circled; the zero-gradient panel draws the rule's 90% target.
+
+    Args:
+        curves: rows of strength_curves.csv ("arch", "ratio", "eps", "zero_grad_fraction", "clean_acc",
+            "fgsm_success", "chosen"): the first two measured on the strength-selection training images,
+            FGSM success on the test images.
+        label: what the title names, e.g. "MNIST (official)".
+
+    Used in: notebooks/05_gradient_inhibition.ipynb.
+    """
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    axes = fig.subplots(1, 3, sharex=True)
+    models = sorted({(c["arch"], c["ratio"]) for c in curves})
+    ratios = sorted({ratio for _, ratio in models})
+    styles = dict(zip(sorted({arch for arch, _ in models}), ["--", "-", ":", "-."]))
+    cmap = matplotlib.colormaps["viridis"]
+    keys = ("zero_grad_fraction", "clean_acc", "fgsm_success")
+    for arch, ratio in models:
+        points = sorted((c for c in curves if (c["arch"], c["ratio"]) == (arch, ratio)), key=lambda c: c["eps"])
+        colour = cmap(0.9 * ratios.index(ratio) / max(1, len(ratios) - 1))
+        for ax, key in zip(axes, keys):
+            ax.plot([p["eps"] for p in points], [100 * p[key] for p in points], styles[arch], color=colour,
+                    label=f"{arch} r{ratio:g}")
+            ax.plot([p["eps"] for p in points if p["chosen"]], [100 * p[key] for p in points if p["chosen"]], "o",
+                    ms=8, mfc="none", mec="black", mew=1.5)
+    axes[0].axhline(90, color="grey", lw=1, ls=":", label="the rule's target (90%)")
+    titles = ("inputs with an exactly-zero gradient (%)\n(strength-selection training images)",
+              "clean accuracy (%)\n(strength-selection training images)", "FGSM success (%)\n(test images)")
+    for ax, title in zip(axes, titles):
+        ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xlabel("GI strength (constant variant; circle = chosen by the rule)")
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(-3, 103)
+    axes[0].set_xlim(0, max(c["eps"] for c in curves))
+    axes[1].legend(*axes[0].get_legend_handles_labels(), fontsize=7, ncol=2, loc="lower left")
+    fig.suptitle(f"{label}: the GI strength trade-off (reconstructed protocol)".lstrip(": "), fontsize=10)
     return fig
 
 

@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from ._validation import check_choice, check_number
 from .attacks import BIM, FGSM, PGD, Attack
 from .data import ImageDataset, load_dataset
-from .defenses import DEFAULT_GRIDS, SATURATION_MARGIN, GradientMaskingWarning, gradient_inhibition, inhibition_report
+from .defenses import (DEFAULT_GRIDS, SATURATION_MARGIN, UNDERFLOW_MARGIN, GradientMaskingWarning, gradient_inhibition,
+                       inhibition_report)
 from .evaluation import success_rate, transfer
 from .hashing import hash_positions, num_buckets
 from .zoo import load_pretrained, read_manifest
@@ -396,7 +397,8 @@ def inhibition_figure(before: dict, after: dict, strength: float, eps: float) ->
     for stats, label, colour in ((before, "before GI", BLUE), (after, f"after GI, strength {strength:g}", ORANGE)):
         hist_ax.hist(stats["margin"].clamp(min=1e-2).numpy(), bins=bins, histtype="step", lw=2, color=colour,
                      label=label)
-    hist_ax.axvline(SATURATION_MARGIN, color="black", ls="--", label="float32 softmax saturates")
+    hist_ax.axvline(SATURATION_MARGIN, color="black", ls="--", label="float32: p_y rounds to 1")
+    hist_ax.axvline(UNDERFLOW_MARGIN, color="black", ls=":", label="float32: other p_i underflow, gradient 0")
     hist_ax.set(xscale="log", xlabel="top-1 minus top-2 logit (log scale)", ylabel="images",
                 title="logit margins")
     hist_ax.legend(fontsize=8)

@@ -62,3 +62,45 @@ def test_adaptive_report(adaptive_rows, tmp_path):
     assert "## Carlini et al. 2019, item by item, for GI" in text
     assert "adaptive attacks restore the undefended success" in text
     assert "| mlp3 r1 | 0.35 |" in text  # the rule's strength for the shipped mlp3 r1
+
+
+# ----------------------------------------------------------------------------- the notebooks' helpers (05, 06)
+def test_reproduction_and_strength_figures_from_the_committed_results():
+    from hashrobust.reports import read_results
+    from hashrobust.reproduction import reproduction_figure, strength_figure
+
+    cells, curves = read_results("mnist", "cells"), read_results("mnist", "strength_curves")
+    assert len(reproduction_figure(cells, curves, "MNIST (official)").axes) == 4
+    fig = strength_figure(curves, "MNIST (official)")
+    assert len(fig.axes) == 3
+    models = {(c["arch"], c["ratio"]) for c in curves}
+    assert len(fig.axes[0].lines) == 2 * len(models) + 1  # a curve and its chosen point per model, the target
+
+
+def test_adaptive_summaries_match_the_committed_report():
+    from hashrobust.adaptive import checklist_markdown, strongest_by_model, success_by_attack
+    from hashrobust.reports import RESULTS, read_results
+
+    rows = read_results("mnist", "adaptive")
+    report = (RESULTS / "mnist" / "adaptive.md").read_text()
+    for row in success_by_attack(rows):
+        assert f"| {row['attack']} | {100 * row['none']:.1f} | {100 * row['GI']:.1f} |" in report
+    for row in strongest_by_model(rows):
+        assert (f"| {row['arch']} r{row['ratio']:g} | {row['gi_strength']:g} | {100 * row['clean_acc']:.1f} | "
+                f"{row['attack']} | {100 * row['robust_acc']:.1f} | {100 * row['robust_acc_none']:.1f} |") in report
+    assert checklist_markdown(rows) in report
+
+
+def test_run_attacks_scores_each_attack_like_transfer():
+    from hashrobust.adaptive import run_attacks
+    from hashrobust.attacks import FGSM
+    from hashrobust.data import load_dataset
+    from hashrobust.evaluation import success_rate, transfer
+
+    model, twin = load_pretrained("mnist", "mlp3", 1), load_pretrained("mnist", "mlp3", 8)
+    test = load_dataset("mnist").subset(20)
+    rows = run_attacks(model, {"own": lambda m: FGSM(m, eps=0.1), "twin": lambda m: FGSM(twin, eps=0.1)},
+                       test.images, test.labels)
+    assert [r["attack"] for r in rows] == ["own", "twin"]
+    assert rows[0]["success"] == success_rate(model, FGSM(model, eps=0.1), test.images, test.labels)["success"]
+    assert rows[1]["robust_acc"] == transfer(twin, model, FGSM(twin, eps=0.1), test.images, test.labels)["robust_acc"]

@@ -1,0 +1,62 @@
+"""Solutions to the exercises of notebooks/04_robustness_analysis.ipynb.
+
+Paper: Liu et al. (ASP-DAC 2018), Sec. 5, the multi-factor analysis (compression ratio x eps), on the rows
+of the committed results/<dataset>/analysis.csv (`hashrobust.reports.read_results(dataset, "analysis")`),
+made with the reconstructed protocol of ../shared/PAPER.md.
+"""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+
+def eps_over_half(rows: Sequence[dict], arch: str, attack: str = "FGSM") -> dict[float, float | None]:
+    """Exercise 1: per ratio, the smallest eps at which white-box success of `attack` exceeds 50% (else None).
+
+    Example:
+        >>> from hashrobust.reports import read_results
+        >>> rows = read_results("mnist", "analysis")
+        >>> eps_over_half(rows, "mlp3")
+        {1.0: 0.1, 2.0: 0.1, 4.0: 0.1, 8.0: 0.1, 16.0: 0.1, 32.0: 0.05, 64.0: 0.05}
+        >>> eps_over_half(rows, "lenet")
+        {1.0: 0.25, 8.0: 0.2, 64.0: 0.15}
+    """
+    cells = [r for r in rows if r["arch"] == arch and r["mode"] == "white-box" and r["attack"] == attack]
+    return {ratio: min((r["eps"] for r in cells if r["ratio"] == ratio and r["success"] > 0.5), default=None)
+            for ratio in sorted({r["ratio"] for r in cells})}
+
+
+def hashed_minus_dense(rows: Sequence[dict], arch: str) -> dict[str, float]:
+    """Exercise 2: per attack, the mean over hashed ratios (r != 1) and eps of white-box success(r, eps)
+    minus success(1, eps), as a fraction (0.05 = 5 points more success on the hashed models).
+
+    Example:
+        >>> from hashrobust.reports import read_results
+        >>> rows = read_results("mnist", "analysis")
+        >>> {attack: round(gap, 3) for attack, gap in hashed_minus_dense(rows, "mlp3").items()}
+        {'FGSM': 0.085, 'BIM': 0.056, 'PGD': 0.055}
+    """
+    white = [r for r in rows if r["arch"] == arch and r["mode"] == "white-box"]
+    result = {}
+    for attack in dict.fromkeys(r["attack"] for r in white):
+        dense = {r["eps"]: r["success"] for r in white if r["attack"] == attack and r["ratio"] == 1}
+        result[attack] = statistics.fmean(r["success"] - dense[r["eps"]] for r in white
+                                          if r["attack"] == attack and r["ratio"] != 1)
+    return result
+
+
+def transfer_asymmetry(rows: Sequence[dict], arch: str, attack: str, eps: float) -> dict[float, float]:
+    """Exercise 3: per hashed ratio r, the success of examples crafted on the dense model and scored on the
+    ratio-r model, minus the success of examples crafted on the ratio-r model and scored on the dense one.
+
+    Example:
+        >>> from hashrobust.reports import read_results
+        >>> rows = read_results("mnist", "analysis")
+        >>> {r: round(gap, 3) for r, gap in transfer_asymmetry(rows, "mlp3", "FGSM", 0.1).items()}
+        {2.0: 0.016, 4.0: 0.032, 8.0: 0.073, 16.0: 0.156, 32.0: 0.273, 64.0: 0.328}
+    """
+    cells = [r for r in rows if r["arch"] == arch and r["mode"] == "transfer" and r["attack"] == attack
+             and r["eps"] == eps]
+    to_hashed = {r["ratio"]: r["success"] for r in cells if r["source_ratio"] == 1}
+    to_dense = {r["source_ratio"]: r["success"] for r in cells if r["source_ratio"] != 1}
+    return {ratio: to_hashed[ratio] - to_dense[ratio] for ratio in sorted(to_hashed)}
