@@ -25,7 +25,7 @@ from .evaluation import sweep
 from matplotlib.figure import Figure
 
 from ._validation import check_choice
-from .reports import heatmap, markdown_table, percent, write_csv
+from .reports import eps_label, heatmap, markdown_table, percent, rounded, write_csv
 from .zoo import load_pretrained, read_manifest
 
 __all__ = ["ATTACKS", "EPS_GRID", "MODES", "run_analysis", "findings", "analysis_heatmap", "write_analysis"]
@@ -92,13 +92,12 @@ def findings(rows: list[dict]) -> list[str]:
             to_hashed = [r for r in transfer if r["attack"] == attack and r["source_ratio"] == 1]
             to_dense = [r for r in transfer if r["attack"] == attack and r["source_ratio"] != 1]
             if to_hashed and to_dense:
-                white_hashed = [r for r in white if r["attack"] == attack and r["ratio"] != 1]
                 lines.append(
                     f"**{arch}, {attack}, transfer**: examples crafted on the dense model succeed on the hashed "
                     f"models {percent(_mean(to_hashed))}% of the time (white-box on those models: "
-                    f"{percent(_mean(white_hashed))}%); examples crafted on the hashed models succeed on the dense "
+                    f"{percent(hashed)}%); examples crafted on the hashed models succeed on the dense "
                     f"one {percent(_mean(to_dense))}% of the time (white-box on it: {percent(dense)}%). "
-                    f"Not knowing the hash costs the attacker {percent(max(0.0, _mean(white_hashed) - _mean(to_hashed)))} "
+                    f"Not knowing the hash costs the attacker {percent(max(0.0, hashed - _mean(to_hashed)))} "
                     f"points.")
     return lines
 
@@ -113,7 +112,7 @@ MODES = {  # title: (which rows, the ratio that labels a row, file-name slug)
 
 
 def _eps_fmt(dataset: str):
-    return (lambda e: f"{e:g}") if dataset == "mnist" else (lambda e: f"{e * 255:.0f}/255")
+    return lambda eps: eps_label(dataset, eps)
 
 
 def analysis_heatmap(rows: Sequence[dict], arch: str, mode: str = "white-box") -> Figure:
@@ -138,6 +137,7 @@ def analysis_heatmap(rows: Sequence[dict], arch: str, mode: str = "white-box") -
 def write_analysis(rows: list[dict], out_dir: str | Path, command: str) -> list[Path]:
     """analysis.csv, analysis.md (findings and tables) and heatmap_<arch>_<mode>.png under out_dir."""
     out_dir = Path(out_dir)
+    rows = rounded(rows)  # the text then says what analysis.csv says, to the last digit
     written = [write_csv(rows, out_dir / "analysis.csv")]
     first = rows[0]
     label = {"mnist": "MNIST", "cifar10": "CIFAR-10"}[first["dataset"]]

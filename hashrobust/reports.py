@@ -14,7 +14,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-__all__ = ["RESULTS", "write_csv", "read_csv", "read_results", "pivot", "markdown_table", "heatmap", "percent"]
+__all__ = ["RESULTS", "rounded", "eps_label", "write_csv", "read_csv", "read_results", "pivot", "markdown_table", "heatmap", "percent"]
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"  # the committed results/<dataset>/ of the repository
 
@@ -24,6 +24,17 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def eps_label(dataset: str, eps: float) -> str:
+    """An L-inf radius as the reports write it: MNIST 0.3 -> '0.3'; CIFAR-10 8/255 -> '8/255'."""
+    return f"{eps * 255:.0f}/255" if dataset == "cifar10" else f"{eps:g}"
+
+
+def rounded(rows: Sequence[dict]) -> list[dict]:
+    """The rows as `write_csv` stores them (floats rounded to 4 digits), so that a report's text computed
+    from them equals the same text recomputed from the CSV file."""
+    return [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+
+
 def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> Path:
     """Write rows (dicts with the same keys) to a CSV file, floats rounded to 4 digits."""
     path = Path(path)
@@ -31,8 +42,7 @@ def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> Path:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
-        for row in rows:
-            writer.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+        writer.writerows(rounded(rows))
     return path
 
 

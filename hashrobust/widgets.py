@@ -41,7 +41,7 @@ from .evaluation import success_rate, transfer
 from .hashing import hash_positions, num_buckets
 from .zoo import load_pretrained, read_manifest
 
-__all__ = ["RATIOS", "ATTACKS", "RatioExplorer", "AdversarialExplorer", "CompressionAttackExplorer",
+__all__ = ["RATIOS", "ATTACKS", "example_hash", "RatioExplorer", "AdversarialExplorer", "CompressionAttackExplorer",
            "InhibitionExplorer", "ratio_figure", "adversarial_figure", "compression_attack_figure",
            "inhibition_figure"]
 
@@ -141,6 +141,16 @@ class _Explorer:
 
 
 # ----------------------------------------------------------------------------- 01: ratio, accuracy, size, hash
+def example_hash(ratio: float, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """(bucket, sign), each (8, 8), of an 8x8 layer at `ratio`; ratio 1 is the dense layer (no hash, as `compress`).
+
+    A hash at ratio 1 would still collide (64 buckets, random positions); the zoo's ratio-1 models are dense.
+    """
+    if ratio == 1:
+        return torch.arange(64).view(8, 8), torch.ones(8, 8)
+    return hash_positions((8, 8), ratio, seed)
+
+
 def ratio_figure(rows: Sequence[dict], ratio: float, seed: int = 0, title: str = "") -> Figure:
     """Clean accuracy and checkpoint size vs ratio (selected ratio circled), and an 8x8 layer's buckets and signs.
 
@@ -162,14 +172,15 @@ def ratio_figure(rows: Sequence[dict], ratio: float, seed: int = 0, title: str =
         ax.set(xlabel="compression ratio r", ylabel=label)
     size_ax.set_yscale("log")
     acc_ax.set_title(title, fontsize=9)
-    bucket, sign = hash_positions((8, 8), ratio, seed)  # (8, 8) each
+    bucket, sign = example_hash(ratio, seed)  # (8, 8) each
     k = num_buckets(64, ratio)
     hash_ax.imshow(bucket.numpy(), cmap="viridis", vmin=0, vmax=max(k - 1, 1))
     for (i, j), b in np.ndenumerate(bucket.numpy()):
         hash_ax.text(j, i, f"{'+' if sign[i, j] > 0 else '-'}{b}", ha="center", va="center", fontsize=7,
                      color="white" if b < 0.6 * max(k - 1, 1) else "black")
     hash_ax.set_title(f"8x8 virtual weights on {k} real: colour = bucket,\n"
-                      f"+/- = sign (ratio {ratio:g}, seed {seed})", fontsize=9)
+                      + (f"+/- = sign (ratio {ratio:g}, seed {seed})" if ratio != 1 else "ratio 1: dense, no hash"),
+                      fontsize=9)
     hash_ax.set_axis_off()
     return fig
 
@@ -203,7 +214,7 @@ class RatioExplorer(_Explorer):
     def _compute(self, ratio: float) -> dict:
         row = next((row for row in self.rows if row["ratio"] == ratio), {})
         dense = next((row for row in self.rows if row["ratio"] == 1), {})
-        bucket, sign = hash_positions((8, 8), ratio, self.seed)  # (8, 8) each
+        bucket, sign = example_hash(ratio, self.seed)  # (8, 8) each
         return {"clean_acc": None, **row, "ratio": ratio, "dense_bytes": dense.get("bytes"),
                 "bucket": bucket, "sign": sign}
 

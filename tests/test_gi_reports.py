@@ -104,3 +104,15 @@ def test_run_attacks_scores_each_attack_like_transfer():
     assert [r["attack"] for r in rows] == ["own", "twin"]
     assert rows[0]["success"] == success_rate(model, FGSM(model, eps=0.1), test.images, test.labels)["success"]
     assert rows[1]["robust_acc"] == transfer(twin, model, FGSM(twin, eps=0.1), test.images, test.labels)["robust_acc"]
+
+
+def test_evaluate_adaptive_end_to_end_on_a_small_subset_has_the_committed_columns(one_thread):
+    from hashrobust.reports import read_results
+
+    rows = evaluate_adaptive("mnist", n=20, n_cw=5, jsma_images=1, models=[("mlp3", 64)])
+    committed = read_results("mnist", "adaptive")
+    assert [list(r) for r in rows] == [list(r) for r in committed[:len(rows)]]  # same columns, same order
+    assert [r["attack"] for r in rows] == [r["attack"] for r in committed[:len(rows)]]
+    gi = {r["attack"]: r for r in rows if r["defence"] == "GI"}
+    assert gi["FGSM, CE (the paper's)"]["gi_strength"] == 1.25  # the rule's pick, as in results/mnist
+    assert gi["PGD-40, margin"]["success"] >= 0.9 > gi["FGSM, CE (the paper's)"]["success"]

@@ -71,8 +71,8 @@ def test_ratio_explorer_highlights_the_manifest_point_and_draws_the_hash(ratio):
     assert (selected.get_xdata()[0], selected.get_ydata()[0]) == pytest.approx((ratio, 100 * _manifest_accuracy(ratio)))
     (size,) = [line for line in size_ax.lines if line.get_label() == "selected"]
     assert size.get_ydata()[0] == pytest.approx(read_manifest()[f"mnist-mlp3-r{ratio}.pt"]["bytes"] / 1024)
-    bucket, sign = hash_positions((8, 8), ratio, 3)
-    assert torch.equal(torch.as_tensor(hash_ax.images[0].get_array()), bucket)
+    bucket, sign = hash_positions((8, 8), ratio, 3) if ratio != 1 else (torch.arange(64).view(8, 8), torch.ones(8, 8))
+    assert torch.equal(torch.as_tensor(hash_ax.images[0].get_array()), bucket)  # ratio 1: dense, one weight each
     marks = [text.get_text()[0] for text in hash_ax.texts]  # "+12" / "-3", row-major
     assert marks == ["+" if s > 0 else "-" for s in sign.flatten().tolist()]
     assert explorer.state["clean_acc"] == _manifest_accuracy(ratio)
