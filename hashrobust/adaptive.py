@@ -31,7 +31,7 @@ from .attacks import CW, FGSM, JSMA, PGD, Attack, Square
 from .data import load_dataset
 from .defenses import GradientMaskingWarning, inhibition_report
 from .evaluation import jsma_success, transfer
-from .reports import eps_label, percent, rounded, write_csv
+from .reports import DATASET_NAMES, eps_label, percent, rounded, write_csv
 from .reproduction import ATTACK_EPS, SELECTION, defend_by_rule
 from .train import predict
 from .zoo import load_pretrained
@@ -178,8 +178,9 @@ def strongest_by_model(rows: list[dict]) -> list[dict]:
         rows: the rows of adaptive.csv.
 
     Returns:
-        [{"arch", "ratio", "gi_strength", "clean_acc" (GI), "attack", "robust_acc" (GI, under its strongest
-        attack), "attack_none", "robust_acc_none" (undefended, under its own strongest)}], models in row order.
+        [{"arch", "ratio", "gi_strength", "clean_acc" (GI), "attack", "robust_acc", "success" (GI, under its
+        strongest attack), "attack_none", "robust_acc_none", "success_none" (undefended, under its own
+        strongest)}], models in row order.
 
     Used in: notebooks/06_adaptive_attacks.ipynb.
     """
@@ -189,8 +190,9 @@ def strongest_by_model(rows: list[dict]) -> list[dict]:
         gi = _strongest([r for r in mine if r["defence"] == "GI"])
         none = _strongest([r for r in mine if r["defence"] == "none"])
         table.append({"arch": arch, "ratio": ratio, "gi_strength": gi["gi_strength"], "clean_acc": gi["clean_acc"],
-                      "attack": gi["attack"], "robust_acc": gi["robust_acc"], "attack_none": none["attack"],
-                      "robust_acc_none": none["robust_acc"]})
+                      "attack": gi["attack"], "robust_acc": gi["robust_acc"], "success": gi["success"],
+                      "attack_none": none["attack"], "robust_acc_none": none["robust_acc"],
+                      "success_none": none["success"]})
     return table
 
 
@@ -229,10 +231,9 @@ def write_adaptive(rows: list[dict], out_dir: str | Path, command: str) -> list[
     rows = rounded(rows)  # the text then says what adaptive.csv says, to the last digit
     path = write_csv(rows, out_dir / "adaptive.csv")
     dataset, variant, eps = rows[0]["dataset"], rows[0]["variant"], rows[0]["eps"]
-    label = f"{'MNIST' if dataset == 'mnist' else 'CIFAR-10'} ({variant})"
+    label = f"{DATASET_NAMES[dataset]} ({variant})"
     models = list(dict.fromkeys((r["arch"], r["ratio"]) for r in rows))
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
-    gi = [r for r in rows if r["defence"] == "GI"]
 
     md = [f"# Gradient inhibition under adaptive attacks: {label}", "",
           f"Made by `{command}`. Same GI strength rule as reproduction.md; L-inf eps = {eps_label(dataset, eps)} "
@@ -245,8 +246,9 @@ def write_adaptive(rows: list[dict], out_dir: str | Path, command: str) -> list[
     md += ["", "## Robust accuracy under the strongest bounded attack, per model", "",
            "| model | GI strength | clean acc. (GI) | strongest attack on GI | robust acc. (GI) | "
            "robust acc. (undefended, its strongest) |", "|---|---:|---:|---|---:|---:|"]
+    strongest = strongest_by_model(rows)
     md += [f"| {t['arch']} r{t['ratio']:g} | {t['gi_strength']:g} | {percent(t['clean_acc'])} | {t['attack']} | "
-           f"{percent(t['robust_acc'])} | {percent(t['robust_acc_none'])} |" for t in strongest_by_model(rows)]
+           f"{percent(t['robust_acc'])} | {percent(t['robust_acc_none'])} |" for t in strongest]
     md += ["", "## Every cell: success (%)", "", "| attack | " + " | ".join(
         f"{a} r{q:g} none / GI" for a, q in models) + " |", "|---|" + "---:|" * len(models)]
     for attack in attacks:
@@ -262,10 +264,8 @@ def write_adaptive(rows: list[dict], out_dir: str | Path, command: str) -> list[
            "The evaluation checklist of *On Evaluating Adversarial Robustness* (Carlini, Athalye, Papernot, Brendel, "
            "Rauber, Tsipras, Goodfellow, Madry, Kurakin; arXiv:1902.06705), applied to this defence:", ""]
     md.append(checklist_markdown(rows))
-    best_gi = statistics.fmean(_strongest([r for r in gi if (r["arch"], r["ratio"]) == m])["success"] for m in models)
-    undefended = [r for r in rows if r["defence"] == "none"]
-    best_none = statistics.fmean(_strongest([r for r in undefended if (r["arch"], r["ratio"]) == m])["success"]
-                                 for m in models)
+    best_gi = statistics.fmean(t["success"] for t in strongest)
+    best_none = statistics.fmean(t["success_none"] for t in strongest)
     restored = best_gi >= 0.9 * best_none
     md += ["", f"Verdict from these numbers: the strongest bounded attack succeeds {percent(best_gi)}% of the time "
            f"against GI and {percent(best_none)}% against the undefended models, so adaptive attacks "

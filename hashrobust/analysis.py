@@ -25,7 +25,7 @@ from .evaluation import sweep
 from matplotlib.figure import Figure
 
 from ._validation import check_choice
-from .reports import eps_label, heatmap, markdown_table, percent, rounded, write_csv
+from .reports import DATASET_NAMES, eps_label, heatmap, markdown_table, percent, rounded, write_csv
 from .zoo import load_pretrained, read_manifest
 
 __all__ = ["ATTACKS", "EPS_GRID", "MODES", "run_analysis", "findings", "analysis_heatmap", "write_analysis"]
@@ -127,7 +127,7 @@ def analysis_heatmap(rows: Sequence[dict], arch: str, mode: str = "white-box") -
     if not rows:
         raise ValueError(f"No {mode} rows for arch {arch!r}; these rows have archs {archs}.")
     first = rows[0]
-    label = {"mnist": "MNIST", "cifar10": "CIFAR-10"}[first["dataset"]]
+    label = DATASET_NAMES[first["dataset"]]
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
     panels = [(attack, [r for r in rows if r["attack"] == attack]) for attack in attacks]
     return heatmap(panels, row_key, "eps", "success", col_fmt=_eps_fmt(first["dataset"]),
@@ -140,7 +140,7 @@ def write_analysis(rows: list[dict], out_dir: str | Path, command: str) -> list[
     rows = rounded(rows)  # the text then says what analysis.csv says, to the last digit
     written = [write_csv(rows, out_dir / "analysis.csv")]
     first = rows[0]
-    label = {"mnist": "MNIST", "cifar10": "CIFAR-10"}[first["dataset"]]
+    label = DATASET_NAMES[first["dataset"]]
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
     md = [f"# Multi-factor analysis: {label} ({first['variant']})", "",
           f"Made by `{command}` on the first {first['n']} test images. Attack success = fraction of "

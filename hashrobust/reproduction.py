@@ -31,7 +31,7 @@ from .attacks import BIM, FGSM, JSMA
 from .data import ImageDataset, load_dataset
 from .defenses import GradientMaskingWarning, choose_strength, gradient_inhibition, inhibition_report
 from .evaluation import jsma_success, success_rate
-from .reports import percent, write_csv
+from .reports import DATASET_NAMES, percent, write_csv
 from .zoo import load_pretrained, read_manifest
 
 __all__ = ["PAPER_AVERAGE", "ATTACK_EPS", "SELECTION", "defend_by_rule", "reproduce", "average_success",
@@ -103,11 +103,18 @@ ARCH_COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7"]  # Okabe-Ito: colour
 ATTACK_MARKERS = {"FGSM": "o", "BIM": "s", "JSMA-F": "^"}
 
 
-def _figure(cells: list[dict], curves: list[dict], label: str) -> Figure:
-    """Success per ratio before/after, clean-accuracy cost, zero-gradient fraction, and the strength trade-off.
+def reproduction_figure(cells: list[dict], curves: list[dict], label: str) -> Figure:
+    """The figure of reproduction.md: success per ratio before/after GI, clean-accuracy cost, zero-gradient
+    fraction, and the strength trade-off.
 
     Colour = architecture, marker = attack, solid = no defence, dashed = GI; in the trade-off panel colour =
     compression ratio, solid = FGSM success, dotted = fraction of inputs with a zero gradient.
+
+    Args:
+        cells, curves: the rows of cells.csv and strength_curves.csv (`reproduce`, or `reports.read_results`).
+        label: what the title names, e.g. "MNIST (official)".
+
+    Used in: notebooks/05_gradient_inhibition.ipynb.
     """
     fig = Figure(figsize=(15, 3.8), layout="constrained")
     ax_success, ax_clean, ax_zero, ax_trade = fig.subplots(1, 4)
@@ -147,18 +154,6 @@ def _figure(cells: list[dict], curves: list[dict], label: str) -> Figure:
     ax_trade.legend(fontsize=5, ncol=2)
     fig.suptitle(f"{label}: gradient inhibition (reconstructed protocol)", fontsize=10)
     return fig
-
-
-def reproduction_figure(cells: list[dict], curves: list[dict], label: str) -> Figure:
-    """The figure of reproduction.md: success per ratio before/after GI, clean accuracy, zero gradients, trade-off.
-
-    Args:
-        cells, curves: the rows of cells.csv and strength_curves.csv (`reproduce`, or `reports.read_results`).
-        label: what the title names, e.g. "MNIST (official)".
-
-    Used in: notebooks/05_gradient_inhibition.ipynb.
-    """
-    return _figure(cells, curves, label)
 
 
 def strength_figure(curves: list[dict], label: str = "") -> Figure:
@@ -208,9 +203,9 @@ def write_reproduction(cells: list[dict], curves: list[dict], out_dir: str | Pat
     """cells.csv, strength_curves.csv, reproduction.png and reproduction.md under out_dir."""
     out_dir = Path(out_dir)
     dataset, variant = cells[0]["dataset"], cells[0]["variant"]
-    label = f"{'MNIST' if dataset == 'mnist' else 'CIFAR-10'} ({variant})"
+    label = f"{DATASET_NAMES[dataset]} ({variant})"
     paths = [write_csv(cells, out_dir / "cells.csv"), write_csv(curves, out_dir / "strength_curves.csv")]
-    _figure(cells, curves, label).savefig(out_dir / "reproduction.png", dpi=110)
+    reproduction_figure(cells, curves, label).savefig(out_dir / "reproduction.png", dpi=110)
     before, after = average_success(cells, "none"), average_success(cells, "GI")
     paper_before, paper_after = PAPER_AVERAGE[dataset]
     models = sorted({(c["arch"], c["ratio"]) for c in cells})
