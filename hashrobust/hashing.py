@@ -27,15 +27,15 @@ import torch
 
 from ._validation import check_number
 
-__all__ = ["num_buckets", "hash_positions"]
+__all__ = ["num_buckets", "hash_positions", "mix64"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, SplitMix64's increment
 _KEY_BUCKET = np.uint64(0x68A5_5D1E_0B01_C0DE)  # distinct keys make h and xi independent
 _KEY_SIGN = np.uint64(0x51C9_A7E2_3F6D_8B41)
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser: a bijection of uint64 with full avalanche."""
+def mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser: a bijection of uint64 with full avalanche (numpy uint64 in, out; wraps mod 2^64)."""
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return x ^ (x >> np.uint64(31))
@@ -44,9 +44,9 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 def _hash64(numel: int, seed: int, key: np.uint64) -> np.ndarray:
     """64-bit hash of positions 0..numel-1 under (seed, key); a uint64 array of length numel."""
     with np.errstate(over="ignore"):
-        offset = _mix64(np.array([np.uint64(seed) ^ key], dtype=np.uint64))[0]
+        offset = mix64(np.array([np.uint64(seed) ^ key], dtype=np.uint64))[0]
         positions = np.arange(numel, dtype=np.uint64)
-        return _mix64(positions * _GOLDEN + offset)
+        return mix64(positions * _GOLDEN + offset)
 
 
 def num_buckets(numel: int, ratio: float) -> int:

@@ -1,10 +1,20 @@
-"""What every attack shares: the `Attack` base class, the input checks, the losses and the projections.
+"""What every attack shares: the `Attack` base class, the input checks, the losses, the projections and the
+per-example randomness.
 
 The losses an attack ascends: cross-entropy of the softmax (`ce_loss`) and the
-C&W logit margin (`margin_loss`; Carlini & Wagner, IEEE S&P 2017). The margin
-keeps its gradient where a saturated float32 softmax gives cross-entropy an
-exactly zero one, which is how "gradient inhibition" masks gradients
-(../shared/PAPER.md). The L-inf and L2 helpers serve BIM, PGD and Square.
+C&W logit margin (`margin_loss`; Carlini & Wagner, IEEE S&P 2017). Both are
+SUMS over the batch, never means: the gradient w.r.t. an example is then that
+example's own loss gradient, unscaled, whatever the batch size (a mean divides
+it by N, and in float32 more tiny gradients flush to zero as N grows, so a
+masking defence would look stronger on bigger batches). The margin keeps its
+gradient where a saturated float32 softmax gives cross-entropy a vanishing
+one, which is how "gradient inhibition" masks gradients (notebook 05). The
+L-inf and L2 helpers serve BIM, PGD, APGD and Square.
+
+Randomness (PGD's random start, Square's search) is drawn per example from a
+key made of the example's own pixels and the attack's seed (`example_keys`,
+`example_uniform`): an adversarial image depends on the image and the seed,
+never on its position in the batch, the batch size or the chunk of an evaluation.
 
 Shapes: N batch, C/H/W image, D = C*H*W features, K classes.
 """
@@ -12,12 +22,17 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Sequence
 from numbers import Real
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..hashing import mix64
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's increment
 
 # ----------------------------------------------------------------------------- checks and losses
 def _check_positive(value: object, name: str, owner: str, high: float | None = None) -> float:
@@ -42,13 +57,19 @@ def logit_margin(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def ce_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Cross-entropy of the softmax, batch mean: its input gradient is exactly 0 once float32 p_y rounds to 1."""
-    return F.cross_entropy(logits, labels)
+    """Cross-entropy of the softmax, summed over the batch (so each example's gradient is its own).
+
+    Its logit gradient is p - onehot(y). In float32, once the top-1 margin passes about 17-20 p_y
+    rounds to exactly 1, but the other entries exp(-margin) stay tiny and non-zero (about 1e-13 at
+    a margin of 30); only past a margin of about 104 (UNDERFLOW_MARGIN in defenses.py) do they
+    underflow to 0, and the input gradient is exactly 0. Between the two, sign() still takes a full step.
+    """
+    return F.cross_entropy(logits, labels, reduction="sum")
 
 
 def margin_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """The C&W logit margin, batch mean: invariant to softmax saturation, so gradient inhibition cannot zero it."""
-    return logit_margin(logits, labels).mean()
+    """The C&W logit margin, summed over the batch: invariant to softmax saturation, so GI cannot zero it."""
+    return logit_margin(logits, labels).sum()
 
 
 LOSSES = {"ce": ce_loss, "margin": margin_loss}
@@ -80,6 +101,43 @@ def _unit_l2(x: Tensor) -> Tensor:
     tiny = torch.finfo(x.dtype).tiny
     x = x / x.flatten(1).abs().amax(1).view(-1, 1, 1, 1).clamp_min(tiny)
     return x / _per_example_norm(x).clamp_min(tiny)
+
+
+def example_keys(images: Tensor, seed: int) -> np.ndarray:
+    """One 64-bit key per example, a hash of its float32 pixels and `seed`: (N, C, H, W) -> uint64 (N,).
+
+    The same image gets the same key wherever it sits in a batch, so every draw made from it
+    (`example_uniform`) is the same one by one, in batches of 5 or in one batch of 1000.
+    """
+    pixels = (images.detach().float() + 0.0).cpu().contiguous().view(len(images), -1)  # + 0.0: -0.0 -> 0.0
+    bits = pixels.numpy().view(np.uint32).astype(np.uint64)  # (N, D)
+    with np.errstate(over="ignore"):
+        positions = mix64(np.arange(1, bits.shape[1] + 1, dtype=np.uint64) * _GOLDEN)  # (D,)
+        folded = mix64(bits ^ positions).sum(axis=1, dtype=np.uint64)  # (N,) wraps mod 2^64
+        return mix64(folded ^ mix64(np.array([seed], dtype=np.uint64)))
+
+
+def example_uniform(keys: np.ndarray, shape: Sequence[int], stream: int, device: torch.device | str,
+                    dtype: torch.dtype = torch.float32) -> Tensor:
+    """Uniform draws in [0, 1) of `shape` for each key, (M, *shape): a counter-based generator.
+
+    Draw j of row m is a hash of (keys[m], stream, j), so a row depends on its key only; a new
+    `stream` (e.g. the iteration number) gives fresh, independent draws. 24-bit resolution.
+    """
+    numel = math.prod(shape)
+    with np.errstate(over="ignore"):
+        row = mix64(keys ^ mix64(np.array([stream], dtype=np.uint64) + _GOLDEN))  # (M,)
+        bits = mix64(row[:, None] + np.arange(1, numel + 1, dtype=np.uint64) * _GOLDEN)  # (M, numel)
+    uniform = (bits >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24)
+    return torch.from_numpy(uniform).view(len(keys), *shape).to(device=device, dtype=dtype)
+
+
+def example_normal(keys: np.ndarray, shape: Sequence[int], stream: int, device: torch.device | str,
+                   dtype: torch.dtype = torch.float32) -> Tensor:
+    """Standard normal draws per key, (M, *shape), by Box-Muller from two streams of `example_uniform`."""
+    u1 = example_uniform(keys, shape, 2 * stream, device, torch.float64)
+    u2 = example_uniform(keys, shape, 2 * stream + 1, device, torch.float64)
+    return (torch.sqrt(-2 * torch.log1p(-u1)) * torch.cos(2 * math.pi * u2)).to(dtype)
 
 
 def changed_fraction(images: Tensor, adv_images: Tensor) -> Tensor:
@@ -122,7 +180,7 @@ class Attack:
                              f"in [0, 1]. Got {got} instead.")
         if not ((images >= 0) & (images <= 1)).all():
             raise ValueError(f"The 'images' of {name} must have values in [0, 1]. "
-                             f"Got values in [{images.min().item():g}, {images.max().item():g}] instead.")
+                             f"Got values in [{images.min().item():.9g}, {images.max().item():.9g}] instead.")
         images = images.detach()
         modes = [(m, m.training) for m in self.model.modules()]
         flags = [(p, p.requires_grad) for p in self.model.parameters()]

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .._validation import check_choice, check_number
 from .base import (LOSSES, Attack, _check_bool, _check_positive, _per_example_norm, _project_linf, _unit_l2,
-                   loss_gradient)
+                   example_keys, example_normal, example_uniform, loss_gradient)
 
 
 class PGD(Attack):
@@ -26,7 +26,8 @@ class PGD(Attack):
         steps: number of iterations, >= 1.
         norm: "linf" or "l2".
         random_start: start from a point drawn uniformly from the eps-ball (clipped to [0, 1]).
-        seed: seed of the random start (a fresh torch.Generator per call); None draws from torch's global RNG.
+        seed: seed of the random start, an integer >= 0. Each example draws from a key made of its own
+            pixels and the seed (`example_keys`), so the start does not depend on the batch.
         loss: "ce" or "margin" (see FGSM).
         targeted: if True, labels are target labels and the steps descend the loss towards them.
 
@@ -43,7 +44,7 @@ class PGD(Attack):
     """
 
     def __init__(self, model: nn.Module, eps: float = 0.3, alpha: float = 0.01, steps: int = 40,
-                 norm: str = "linf", random_start: bool = True, seed: int | None = None, loss: str = "ce",
+                 norm: str = "linf", random_start: bool = True, seed: int = 0, loss: str = "ce",
                  targeted: bool = False) -> None:
         super().__init__(model)
         self.norm = check_choice(norm, "norm", ("linf", "l2"))
@@ -51,7 +52,7 @@ class PGD(Attack):
         self.alpha = _check_positive(alpha, "alpha", "PGD")
         self.steps = check_number(steps, "steps", "PGD", low=1, integer=True)
         self.random_start = _check_bool(random_start, "random_start", "PGD")
-        self.seed = seed if seed is None else check_number(seed, "seed", "PGD", low=0, integer=True)
+        self.seed = check_number(seed, "seed", "PGD", low=0, integer=True)
         self.loss = check_choice(loss, "loss", LOSSES)
         self.targeted = _check_bool(targeted, "targeted", "PGD")
 
@@ -59,13 +60,13 @@ class PGD(Attack):
         """x_0: uniform in the cube [-eps, eps]^D (L-inf) or in the ball ||d||_2 <= eps (L2), added, clipped."""
         if not self.random_start:
             return images.clone()
-        generator = None if self.seed is None else torch.Generator(images.device).manual_seed(self.seed)
-        like = {"generator": generator, "device": images.device, "dtype": images.dtype}
+        keys, shape = example_keys(images, self.seed), images.shape[1:]
+        like = {"device": images.device, "dtype": images.dtype}
         if self.norm == "linf":
-            noise = self.eps * (2 * torch.rand(images.shape, **like) - 1)  # (N, C, H, W)
+            noise = self.eps * (2 * example_uniform(keys, shape, 0, **like) - 1)  # (N, C, H, W)
         else:  # a Gaussian direction, radius eps * U^(1/D): uniform in the ball's volume
-            radius = self.eps * torch.rand(len(images), **like) ** (1 / images[0].numel())  # (N,)
-            noise = _unit_l2(torch.randn(images.shape, **like)) * radius.view(-1, 1, 1, 1)
+            radius = self.eps * example_uniform(keys, (1,), 1, **like).squeeze(1) ** (1 / images[0].numel())  # (N,)
+            noise = _unit_l2(example_normal(keys, shape, 1, **like)) * radius.view(-1, 1, 1, 1)
         return (images + noise).clamp(0, 1)
 
     def step(self, adv_images: Tensor, grad: Tensor) -> Tensor:
