@@ -1,14 +1,16 @@
 """Gradient inhibition (GI): the paper's defence, and the diagnostics that show it is gradient masking.
 
 Paper: Liu et al. (ASP-DAC 2018), the section on gradient inhibition, as the
-authors implement it (retraining-free; ../shared/PAPER.md "Gradient
-inhibition"): after training, each fully connected weight matrix is edited once,
+authors implement it (retraining-free, in their public TF1 code): after training, each fully connected weight matrix is edited once,
 
     constant     W <- W + eps * sign(W)            (the original method, eps about 0.1)
     w_multiple   W <- (1 + eps) * W                (eps = k = 3 in the authors' code)
     uniform      W <- W + eps * U * sign(W),  U ~ Uniform(0, 1)   (eps = c = 0.2)
 
-with conv layers and biases untouched. On a hashed layer the real weights w
+with conv layers and biases untouched. In the authors' code U is a graph op, drawn
+afresh at every evaluation: `gradient_inhibition(..., variant="uniform",
+resample=True)` builds that randomised model, and `attacks.EOT` is the adaptive
+answer to it (Expectation over Transformation). On a hashed layer the real weights w
 are edited: sign(xi * w[h]) = xi * sign(w[h]), so editing w edits V the same
 way (exactly for constant and w_multiple) and the checkpoint keeps its size.
 
@@ -42,7 +44,7 @@ from ._validation import check_choice, check_number
 from .layers import HashedConv2d, HashedLinear
 
 __all__ = ["gradient_inhibition", "inhibition_report", "choose_strength", "GradientMaskingWarning",
-           "VARIANTS", "GI_LAYERS", "DEFAULT_GRIDS"]
+           "ResampledInhibition", "VARIANTS", "GI_LAYERS", "DEFAULT_GRIDS"]
 
 VARIANTS = ("constant", "uniform", "w_multiple")
 GI_LAYERS = {"fc": (nn.Linear, HashedLinear), "all": (nn.Linear, HashedLinear, nn.Conv2d, HashedConv2d)}
@@ -71,8 +73,44 @@ def _edit_(weight: Tensor, variant: str, eps: float, generator: torch.Generator 
         weight.add_(u.mul_(weight.sign()), alpha=eps)
 
 
+class ResampledInhibition(nn.Module):
+    """One layer of the randomised uniform GI: W + eps * U * sign(W) with U ~ Uniform(0, 1) drawn at EVERY forward.
+
+    Paper: the authors' TF1 code, where U is a graph op (a fresh draw per evaluation). On a hashed
+    layer U is drawn per real weight, so all virtual weights of a bucket share it, as hardware would.
+    The wrapped layer is not modified; its weights and hash are read at each forward.
+    """
+
+    def __init__(self, layer: nn.Module, eps: float, generator: torch.Generator) -> None:
+        super().__init__()
+        self.layer, self.eps, self.generator = layer, eps, generator
+
+    def forward(self, x: Tensor) -> Tensor:
+        layer, w = self.layer, self.layer.weight
+        u = torch.rand(w.shape, generator=self.generator, dtype=w.dtype).to(w.device)  # CPU draw: same on any device
+        weight = w + self.eps * u * w.sign()
+        if isinstance(layer, (HashedLinear, HashedConv2d)):  # V = sign * w[bucket], HashedNets eq. 4
+            weight = weight.index_select(0, layer.bucket32).view_as(layer.sign) * layer.sign
+        if isinstance(layer, (nn.Linear, HashedLinear)):
+            return F.linear(x, weight, layer.bias)
+        if isinstance(layer, nn.Conv2d):
+            return layer._conv_forward(x, weight, layer.bias)
+        return F.conv2d(x, weight, layer.bias, layer.stride, layer.padding)
+
+
+def _resampled(model: nn.Module, kinds: tuple[type, ...], eps: float, generator: torch.Generator) -> int:
+    """Swap every layer of `kinds` in `model` (in place) for a ResampledInhibition of it; the count swapped."""
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, kinds):
+                setattr(parent, name, ResampledInhibition(child, eps, generator))
+                swapped += 1
+    return swapped
+
+
 def gradient_inhibition(model: nn.Module, eps: float = 0.1, variant: str = "constant", layers: str = "fc",
-                        seed: int | None = None) -> nn.Module:
+                        seed: int | None = None, resample: bool = False) -> nn.Module:
     """A copy of `model` whose fully connected weights are pushed away from 0 (GI), once.
 
     Paper: Liu et al. ASP-DAC 2018, gradient inhibition; the authors' code edits
@@ -80,9 +118,11 @@ def gradient_inhibition(model: nn.Module, eps: float = 0.1, variant: str = "cons
 
     The authors' TF1 code draws the `uniform` variant's U afresh at every
     evaluation (a randomised model whose attack gradient and scoring pass see
-    different weights). Here U is drawn once, so the model is deterministic;
-    the adaptive answer to the randomised version is Expectation over
-    Transformation, averaging gradients over draws (Athalye et al. 2018).
+    different weights): that is `resample=True`. By default U is drawn once,
+    so the model is deterministic. The adaptive answer to the randomised
+    version is Expectation over Transformation: attack `attacks.EOT(model,
+    draws)`, which averages the logits, hence their gradients, over draws
+    (Athalye, Carlini, Wagner, ICML 2018, Sec. 4.3).
 
     Args:
         model: a trained classifier, dense or hashed; it is not modified.
@@ -92,6 +132,8 @@ def gradient_inhibition(model: nn.Module, eps: float = 0.1, variant: str = "cons
             Biases are never edited; on a hashed layer the real weights w are.
         seed: seed of U for "uniform" (a torch.Generator, layers drawn in module order);
             None draws a fresh, nondeterministic U. Ignored by the other variants.
+        resample: "uniform" only: draw U afresh at every forward pass (each edited layer becomes a
+            `ResampledInhibition`; the sequence of draws is fixed by `seed`).
 
     Returns:
         A deep copy, in the training/eval mode of `model`, with the edit
@@ -117,6 +159,9 @@ def gradient_inhibition(model: nn.Module, eps: float = 0.1, variant: str = "cons
     kinds = GI_LAYERS[check_choice(layers, "layers", GI_LAYERS)]
     if seed is not None:
         check_number(seed, "seed", "gradient_inhibition", low=0, integer=True)
+    if not isinstance(resample, bool) or (resample and variant != "uniform"):
+        raise ValueError(f"The 'resample' parameter of gradient_inhibition must be True only with "
+                         f"variant='uniform' (else False). Got {resample!r} with variant={variant!r} instead.")
     new = copy.deepcopy(model)
     targets = [m for m in new.modules() if isinstance(m, kinds)]
     if not targets:
@@ -127,6 +172,10 @@ def gradient_inhibition(model: nn.Module, eps: float = 0.1, variant: str = "cons
     if variant == "uniform":
         generator = torch.Generator()
         seed = generator.seed() if seed is None else generator.manual_seed(seed).initial_seed()
+    if resample:
+        _resampled(new, kinds, float(eps), generator)
+        new.gradient_inhibition = {"eps": eps, "variant": variant, "layers": layers, "seed": seed, "resample": True}
+        return new
     with torch.no_grad():  # in place on the parameter (not `.data`): hashed layers see the version change
         for layer in targets:
             _edit_(layer.weight, variant, float(eps), generator)

@@ -1,4 +1,5 @@
-"""Adversarial attacks on any image classifier, dense or hashed: FGSM, BIM, PGD, JSMA, C&W-L2, DeepFool, Square.
+"""Adversarial attacks on any image classifier, dense or hashed: FGSM, BIM, PGD, JSMA, C&W-L2, DeepFool, Square,
+APGD / APGD-T, and EOT for randomised models.
 
 Paper: Liu et al. (ASP-DAC 2018), Sec. 4 attacks HashedNets models with FGSM,
 BIM and JSMA in cleverhans v2 conventions: pixels in [0, 1], and the labels
@@ -18,18 +19,27 @@ Sources, in paper order, one file each (`base.py` holds the `Attack` base class,
     DeepFool  Moosavi-Dezfooli, Fawzi, Frossard, "DeepFool", CVPR 2016.
     Square    Andriushchenko, Croce, Flammarion, Hein, "Square Attack: a Query-Efficient Black-Box
               Adversarial Attack via Random Search", ECCV 2020; score-based, no gradient at all.
+    APGD      Croce, Hein, "Reliable Evaluation of Adversarial Robustness with an Ensemble of Diverse
+              Parameter-free Attacks", ICML 2020: APGD (CE or DLR loss) and APGD-T (targeted DLR).
+    EOT       Athalye, Carlini, Wagner, "Obfuscated Gradients Give a False Sense of Security", ICML 2018:
+              a model wrapper averaging a randomised model's logits over draws.
 The "margin" loss of FGSM/BIM/PGD is C&W's logit margin: it keeps its
 gradient where a saturated float32 softmax gives cross-entropy an exactly
-zero one, which is how "gradient inhibition" masks gradients (../shared/PAPER.md;
-Carlini & Wagner 2016; Athalye, Carlini, Wagner 2018). Square needs only the
+zero one, which is how "gradient inhibition" masks gradients (notebook 05;
+Carlini & Wagner 2016; Athalye, Carlini, Wagner 2018); so does APGD's DLR loss,
+a ratio of logit differences that no scaling of the logits changes. Square needs only the
 model's scores, so no gradient masking can stop it. tests/test_attacks.py
-checks FGSM and PGD against torchattacks to float precision.
+checks FGSM and PGD against torchattacks to float precision; tests/test_square.py and
+tests/test_apgd.py check Square and APGD against torchattacks' success rates. Every
+gradient attack ascends the SUM of per-example losses and draws its randomness per
+example (base.py), so an adversarial image never depends on the rest of its batch.
 
 Shapes: N batch, C/H/W image, D = C*H*W features, K classes.
 """
 from __future__ import annotations
 
-from .base import Attack, ce_loss, changed_fraction, logit_margin, loss_gradient, margin_loss
+from .base import (Attack, ce_loss, changed_fraction, example_keys, example_normal, example_uniform, logit_margin,
+                   loss_gradient, margin_loss)
 from .fgsm import FGSM
 from .bim import BIM
 from .pgd import PGD
@@ -37,6 +47,9 @@ from .jsma import JSMA
 from .cw import CW
 from .deepfool import DeepFool
 from .square import Square
+# from .apgd import APGD, APGDT  (TEMP until apgd.py lands)
+from .eot import EOT
 
-__all__ = ["Attack", "FGSM", "BIM", "PGD", "JSMA", "CW", "DeepFool", "Square",
-           "ce_loss", "margin_loss", "logit_margin", "loss_gradient", "changed_fraction"]
+__all__ = ["Attack", "FGSM", "BIM", "PGD", "JSMA", "CW", "DeepFool", "Square", "EOT",
+           "ce_loss", "margin_loss", "logit_margin", "loss_gradient", "changed_fraction",
+           "example_keys", "example_uniform", "example_normal"]
