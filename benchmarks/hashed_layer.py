@@ -10,7 +10,7 @@ rounds on the same inputs and the ratio of the medians is printed, since
 these 2-core machines are noisy; compare ratios, not absolute times.
 Targets (issue #2): (a) <= 1.3x, (b) <= 1.05x. A layer that materialises V
 every training step has a floor of about 2x at batch 64 and 1.3x at batch
-256 on this machine (../shared/DESIGN.md, "Performance notes").
+256 on this machine.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Input checks with one message shape (see ../shared/STYLE.md, item 5).
+"""Input checks with one message shape, after scikit-learn's parameter validation: who, what is allowed, what was given.
 
     The 'ratio' parameter of HashedLinear must be a number >= 1. Got 0.5 instead.
 """

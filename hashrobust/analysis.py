@@ -5,7 +5,7 @@ compression (the ratio of a HashedNets model) and input perturbation (eps)
 studied jointly, for attackers who know the hashed model (white-box: the
 gradient flows through sign * w[bucket]) and for attackers who know only the
 dense software model (transfer), and the reverse. The protocol's attack
-settings follow PAPER.md (cleverhans v2 conventions): BIM with step eps/10
+settings follow the reconstructed protocol (docs/protocol.md; cleverhans v2 conventions): BIM with step eps/10
 and 40 iterations (0.03 at eps 0.3), PGD with step 2.5 eps / 40, 40 iterations
 and a seeded random start (Madry et al. 2018).
 
@@ -19,16 +19,17 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from .attacks import BIM, FGSM, PGD
-from .data import load_dataset
-from .evaluation import sweep
 from matplotlib.figure import Figure
 
 from ._validation import check_choice
+from .attacks import BIM, FGSM, PGD
+from .data import load_dataset
+from .evaluation import paired_difference, sweep, unpack_outcomes, verdict
 from .reports import DATASET_NAMES, eps_label, heatmap, markdown_table, percent, rounded, write_csv
 from .zoo import load_pretrained, read_manifest
 
-__all__ = ["ATTACKS", "EPS_GRID", "MODES", "run_analysis", "findings", "analysis_heatmap", "write_analysis"]
+__all__ = ["ATTACKS", "EPS_GRID", "MODES", "run_analysis", "paired_cells", "findings", "analysis_heatmap",
+           "write_analysis"]
 
 ATTACKS = {
     "FGSM": lambda model, eps: FGSM(model, eps=eps),
@@ -39,9 +40,6 @@ EPS_GRID = {
     "mnist": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
     "cifar10": [1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255],
 }
-SAME = 0.02  # differences below 2 points on 1000 images are within sampling noise (sd ~1.4 points at 50%)
-
-
 def run_analysis(dataset: str, n: int = 1000, archs: Sequence[str] | None = None,
                  eps_values: Sequence[float] | None = None, attacks: dict | None = None) -> list[dict]:
     """Sweep the zoo's models of `dataset` (every shipped ratio) with FGSM/BIM/PGD, white-box and transfer.
@@ -67,19 +65,59 @@ def _mean(rows: list[dict], key: str = "success") -> float:
     return statistics.fmean(r[key] for r in rows)
 
 
-def _compare(hashed: float, dense: float) -> str:
-    if abs(hashed - dense) < SAME:
-        return "about as vulnerable as"
-    return "more vulnerable than" if hashed > dense else "less vulnerable than"
+def _outcomes(row: dict):
+    return unpack_outcomes(row["success_examples"], row["n"])
+
+
+def paired_cells(rows: list[dict], arch: str, attack: str, mode: str = "white-box") -> list[dict]:
+    """Per (ratio, eps): hashed vs dense success on the same images, as a paired difference with its interval.
+
+    mode "white-box": each hashed model under its own white-box attack against the dense model under its
+    own; mode "transfer": on each hashed model, examples transferred from the dense model against its
+    own white-box examples (what not knowing the hash costs the attacker, negative when transfer is weaker).
+
+    Returns:
+        [{"ratio", "eps", "hashed", "dense" (or "white-box"), "difference", "low", "high", "p_value", "n", "verdict"}]
+        with `evaluation.paired_difference`'s 95% Agresti-Min interval and exact McNemar p-value.
+    """
+    mine = [r for r in rows if r["arch"] == arch and r["attack"] == attack]
+    white = {(r["ratio"], r["eps"]): r for r in mine if r["mode"] == "white-box"}
+    cells = []
+    for (ratio, eps), row in sorted(white.items()):
+        if ratio == 1:
+            continue
+        if mode == "white-box":
+            other = white[(1, eps)]
+        else:
+            other = next(r for r in mine if r["mode"] == "transfer" and r["source_ratio"] == 1
+                         and r["ratio"] == ratio and r["eps"] == eps)
+            row, other = other, row  # transferred minus white-box, on the same hashed model
+        comparison = paired_difference(_outcomes(row), _outcomes(other))
+        cells.append({"ratio": ratio, "eps": eps, "first": row["success"], "second": other["success"],
+                      **comparison, "verdict": verdict(comparison, "higher", "lower")})
+    return cells
+
+
+def _counted(cells: list[dict]) -> str:
+    higher = sum(c["verdict"] == "higher" for c in cells)
+    lower = sum(c["verdict"] == "lower" for c in cells)
+    return (f"higher in {higher}, lower in {lower}, no detectable difference in {len(cells) - higher - lower} of "
+            f"{len(cells)} (ratio, eps) cells at n = {cells[0]['n']}")
 
 
 def findings(rows: list[dict]) -> list[str]:
-    """Sentences stating what the rows show, per architecture and attack (no assumption built in)."""
+    """Sentences stating what the rows show, per architecture and attack, with paired tests (nothing assumed).
+
+    A difference between two models is called higher or lower only where the 95% interval of the paired
+    difference on the same images excludes 0 (`paired_cells`).
+    """
     lines = []
     for arch in sorted({r["arch"] for r in rows}):
         white = [r for r in rows if r["arch"] == arch and r["mode"] == "white-box"]
         transfer = [r for r in rows if r["arch"] == arch and r["mode"] == "transfer"]
         ratios = sorted({r["ratio"] for r in white if r["ratio"] != 1})
+        if not ratios:
+            continue
         for attack in sorted({r["attack"] for r in white}):
             dense = _mean([r for r in white if r["attack"] == attack and r["ratio"] == 1])
             per_ratio = {q: _mean([r for r in white if r["attack"] == attack and r["ratio"] == q]) for q in ratios}
@@ -87,8 +125,8 @@ def findings(rows: list[dict]) -> list[str]:
             lines.append(
                 f"**{arch}, {attack}, white-box**: averaged over eps, success is {percent(dense)}% on the dense "
                 f"model and {percent(hashed)}% on the hashed ones (from {percent(min(per_ratio.values()))}% to "
-                f"{percent(max(per_ratio.values()))}% across ratios {', '.join(f'{q:g}' for q in ratios)}): "
-                f"hashed models are {_compare(hashed, dense)} the dense one against an attacker who knows the hash.")
+                f"{percent(max(per_ratio.values()))}% across ratios {', '.join(f'{q:g}' for q in ratios)}). "
+                f"Paired on the same images, hashed success is {_counted(paired_cells(rows, arch, attack))}.")
             to_hashed = [r for r in transfer if r["attack"] == attack and r["source_ratio"] == 1]
             to_dense = [r for r in transfer if r["attack"] == attack and r["source_ratio"] != 1]
             if to_hashed and to_dense:
@@ -97,8 +135,9 @@ def findings(rows: list[dict]) -> list[str]:
                     f"models {percent(_mean(to_hashed))}% of the time (white-box on those models: "
                     f"{percent(hashed)}%); examples crafted on the hashed models succeed on the dense "
                     f"one {percent(_mean(to_dense))}% of the time (white-box on it: {percent(dense)}%). "
-                    f"Not knowing the hash costs the attacker {percent(max(0.0, hashed - _mean(to_hashed)))} "
-                    f"points.")
+                    f"Paired against white-box on the same hashed model, transfer success is "
+                    f"{_counted(paired_cells(rows, arch, attack, 'transfer'))}: not knowing the hash costs the "
+                    f"attacker {percent(max(0.0, hashed - _mean(to_hashed)))} points on average.")
     return lines
 
 
@@ -109,6 +148,11 @@ MODES = {  # title: (which rows, the ratio that labels a row, file-name slug)
     "transfer hashed -> dense": (lambda r: r["mode"] == "transfer" and r["source_ratio"] != 1, "source_ratio",
                                  "hashed_to_dense"),
 }
+
+
+def _signed(cell: dict) -> str:
+    """A paired difference in points, starred where its interval excludes 0."""
+    return f"{100 * cell['difference']:+.1f}" + ("*" if cell["low"] > 0 or cell["high"] < 0 else "")
 
 
 def _eps_fmt(dataset: str):
@@ -144,10 +188,11 @@ def write_analysis(rows: list[dict], out_dir: str | Path, command: str) -> list[
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
     md = [f"# Multi-factor analysis: {label} ({first['variant']})", "",
           f"Made by `{command}` on the first {first['n']} test images. Attack success = fraction of "
-          "predictions that change (the paper's definition); white-box attacks backpropagate through the hash, "
+          "predictions that change (the paper's definition; robust accuracy, the standard measure, is in "
+          "analysis.csv with 95% Wilson intervals for every rate); white-box attacks backpropagate through the hash, "
           "transfer attacks are crafted on one model and scored on its twin. Settings: FGSM; BIM with step eps/10, "
           "40 iterations; PGD with step 2.5 eps/40, 40 iterations, seeded random start. Reconstructed protocol "
-          "(../shared/PAPER.md): the paper's own tables are not available.", "", "## What the data shows", ""]
+          "(docs/protocol.md): the paper's own tables are not available.", "", "## What the data shows", ""]
     md += [f"- {line}" for line in findings(rows)]
     for arch in sorted({r["arch"] for r in rows}):
         arch_rows = [r for r in rows if r["arch"] == arch]
@@ -162,6 +207,12 @@ def write_analysis(rows: list[dict], out_dir: str | Path, command: str) -> list[
                 if cells:
                     md += [f"### {attack}, {mode}: success (%)", "",
                            markdown_table(cells, row_key, "eps", "success", col_fmt=_eps_fmt(first["dataset"])), ""]
+                if cells and mode == "white-box" and len({r["ratio"] for r in cells}) > 1:
+                    paired = [{**c, "points": _signed(c)} for c in paired_cells(rows, arch, attack)]
+                    md += [f"Hashed minus dense, {attack}, in points, paired on the same images (* where the 95% "
+                           "interval excludes 0):", "",
+                           markdown_table(paired, "ratio", "eps", "points", col_fmt=_eps_fmt(first["dataset"]),
+                                          fmt=str), ""]
             path = out_dir / f"heatmap_{arch}_{slug}.png"
             analysis_heatmap(arch_rows, arch, mode).savefig(path, dpi=110)
             written.append(path)

@@ -114,7 +114,7 @@ def gradient_inhibition(model: nn.Module, eps: float = 0.1, variant: str = "cons
     """A copy of `model` whose fully connected weights are pushed away from 0 (GI), once.
 
     Paper: Liu et al. ASP-DAC 2018, gradient inhibition; the authors' code edits
-    dense and hashed FC weights after training (../shared/PAPER.md "Gradient inhibition").
+    dense and hashed FC weights after training (docs/protocol.md, "Gradient inhibition").
 
     The authors' TF1 code draws the `uniform` variant's U afresh at every
     evaluation (a randomised model whose attack gradient and scoring pass see
@@ -286,7 +286,7 @@ def choose_strength(model: nn.Module, images: Tensor, labels: Tensor | None = No
 
     Paper: Liu et al. use eps about 0.1 (constant), k = 3 (w_multiple), c = 0.2
     (uniform); what is strong enough depends on the weight scale
-    (../shared/PAPER.md), so this project states a rule that looks only at the
+    (docs/protocol.md), so this project states a rule that looks only at the
     gradients, never at an attack's success rate. The gradient is that of
     cross-entropy w.r.t. the defended model's own prediction, the label
     FGSM/BIM use by default, so a misclassified input counts by whether an

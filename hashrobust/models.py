@@ -1,7 +1,7 @@
 """The networks of the protocol, dense or hashed, built by name.
 
 Paper: Liu et al. (ASP-DAC 2018), Sec. 5 (experimental set-up), reconstructed
-in ../shared/PAPER.md "The protocol": HashedNets' MLPs and a LeNet on MNIST,
+in docs/protocol.md: HashedNets' MLPs and a LeNet on MNIST,
 a VGG-style CNN on CIFAR-10. Every model takes images in [0, 1] and its first
 layer normalises them, so an attack's eps is in pixel units.
 
@@ -12,7 +12,7 @@ layer normalises them, so an attack's eps is in pixel units.
 | lenet     | conv 20 5x5, pool, conv 50 5x5, pool, FC 500, FC 10                     |
 | cifar_cnn | conv 32, 32, pool, conv 64, 64, pool (3x3, BN), FC 256, 256, 10         |
 
-cifar_cnn is PAPER.md's VGG-style net at half its width (64/128 channels
+cifar_cnn is the protocol's VGG-style net at half its width (64/128 channels
 took about 260 s per epoch on 2 CPU cores, 32/64 about 65 s), so the zoo can
 be trained on the machines the course runs on.
 """

@@ -2,7 +2,9 @@
 
 Paper: Liu et al. (ASP-DAC 2018), abstract and Sec. 6: GI lowers the average
 attack success rate from 87.99% to 4.77% on MNIST and from 86.74% to 4.64% on
-CIFAR-10. The protocol is the reconstruction of ../shared/PAPER.md:
+CIFAR-10. The paper's per-network tables are not available, only these
+averages, so the protocol is this project's documented reconstruction
+(from HashedNets and the authors' related public code; docs/protocol.md):
 
 - every shipped network and ratio of the dataset; the first `n` test images;
 - FGSM (eps 0.3 on MNIST, 8/255 on CIFAR-10), BIM (same eps, step eps/10,
@@ -35,6 +37,7 @@ from .reports import DATASET_NAMES, percent, write_csv
 from .zoo import load_pretrained, read_manifest
 
 __all__ = ["PAPER_AVERAGE", "ATTACK_EPS", "SELECTION", "defend_by_rule", "reproduce", "average_success",
+           "average_half_width",
            "write_reproduction", "reproduction_figure", "strength_figure"]
 
 SELECTION = 1000  # the first SELECTION training images choose the GI strength (never the test images)
@@ -87,16 +90,31 @@ def reproduce(dataset: str, n: int = 1000, jsma_images: int = 10, variant: str =
                         "median_margin": report["median_margin"]}
                 for name, make in attacks.items():
                     row = success_rate(m, make(m), test.images, test.labels)
-                    cells.append({**base, "attack": name, "eps": eps, "n": row["n"], "success": row["success"]})
+                    cells.append({**base, "attack": name, "eps": eps, **_success(row)})
                 jsma = jsma_success(m, JSMA(m, theta=1.0, gamma=0.1), test.images[:jsma_images],
                                     test.labels[:jsma_images])
-                cells.append({**base, "attack": "JSMA-F", "eps": None, "n": jsma["n"], "success": jsma["success"]})
+                cells.append({**base, "attack": "JSMA-F", "eps": None, **_success(jsma)})
     return cells, curves
+
+
+def _success(row: dict) -> dict:
+    return {k: row[k] for k in ("n", "success", "success_low", "success_high")}
 
 
 def average_success(cells: list[dict], defence: str) -> float:
     """The paper's "average attack success rate": the mean over attacks x networks x ratios of one defence."""
     return statistics.fmean(c["success"] for c in cells if c["defence"] == defence)
+
+
+def average_half_width(cells: list[dict], defence: str) -> float:
+    """The 95% half-width of `average_success`, treating its cells as independent binomials (normal approximation).
+
+    The cells share images, so this understates the uncertainty a little; each cell's own Wilson interval
+    is in cells.csv.
+    """
+    picked = [c for c in cells if c["defence"] == defence]
+    variance = sum(c["success"] * (1 - c["success"]) / c["n"] for c in picked) / len(picked) ** 2
+    return 1.959964 * variance ** 0.5
 
 
 ARCH_COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7"]  # Okabe-Ito: colour-blind safe
@@ -207,15 +225,19 @@ def write_reproduction(cells: list[dict], curves: list[dict], out_dir: str | Pat
     paths = [write_csv(cells, out_dir / "cells.csv"), write_csv(curves, out_dir / "strength_curves.csv")]
     reproduction_figure(cells, curves, label).savefig(out_dir / "reproduction.png", dpi=110)
     before, after = average_success(cells, "none"), average_success(cells, "GI")
+    half = {d: percent(average_half_width(cells, d)) for d in ("none", "GI")}
     paper_before, paper_after = PAPER_AVERAGE[dataset]
     models = sorted({(c["arch"], c["ratio"]) for c in cells})
     md = [f"# Gradient inhibition, reproduced: {label}", "",
           f"Made by `{command}`. Reconstructed protocol (module docstring of hashrobust/reproduction.py and "
-          "../shared/PAPER.md): the paper's per-network tables are not available, only its averages.", "",
+          "docs/protocol.md): the paper's per-network tables are not available, only its averages. Success is the "
+          "paper's rate (the prediction changes, attacks aimed at the model's own prediction); robust accuracy, "
+          "the standard measure of a defence, is in adaptive.md.", "",
           "## The headline", "",
           "| average attack success | no defence | gradient inhibition |", "|---|---:|---:|",
           f"| the paper (abstract) | {percent(paper_before)}% | {percent(paper_after)}% |",
-          f"| this run | {percent(before)}% | {percent(after)}% |", "",
+          f"| this run | {percent(before)}% ± {half['none']} | {percent(after)}% ± {half['GI']} |", "",
+          "± is the 95% half-width of the average (normal approximation over the cells).", "",
           f"Averaged over {len({c['attack'] for c in cells})} attacks x {len(models)} networks/ratios "
           f"({', '.join(f'{a} r{r:g}' for a, r in models)}).", "",
           "## GI strength: the rule and what each model needed", "",
@@ -231,13 +253,15 @@ def write_reproduction(cells: list[dict], curves: list[dict], out_dir: str | Pat
                   f"{percent(pick['GI']['clean_acc'])} | {percent(pick['none']['zero_grad_fraction'])} | "
                   f"{percent(pick['GI']['zero_grad_fraction'])} | {pick['none']['median_margin']:.1f} | "
                   f"{pick['GI']['median_margin']:.1f} |")
-    md += ["", "## Every cell: attack success (%)", "", "| model | attack | no defence | GI |", "|---|---|---:|---:|"]
+    md += ["", "## Every cell: attack success (%) [95% Wilson interval]", "", "| model | attack | no defence | GI |",
+           "|---|---|---:|---:|"]
     for arch, ratio in models:
         for attack in ("FGSM", "BIM", "JSMA-F"):
             pick = {d: next(c for c in cells if (c["arch"], c["ratio"], c["defence"], c["attack"]) ==
                             (arch, ratio, d, attack)) for d in ("none", "GI")}
-            md.append(f"| {arch} r{ratio:g} | {attack} | {percent(pick['none']['success'])} | "
-                      f"{percent(pick['GI']['success'])} |")
+            md.append(f"| {arch} r{ratio:g} | {attack} | " + " | ".join(
+                f"{percent(c['success'])} [{percent(c['success_low'])}, {percent(c['success_high'])}]"
+                for c in (pick["none"], pick["GI"])) + " |")
     md += ["", "![success, clean accuracy, zero-gradient fraction and the strength trade-off](reproduction.png)", "",
            "The full strength trade-off of every model (zero-gradient fraction and clean accuracy on the selection "
            "images, FGSM success on the test images) is in strength_curves.csv.", "",

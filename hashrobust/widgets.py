@@ -1,6 +1,6 @@
 """Interactive explorers for the notebooks (ipywidgets 8, JupyterLab 4): sliders in, a static figure out.
 
-Static first (../shared/COURSE.md, "Widgets: static first"): a notebook run
+Static first: a notebook run
 headless (nbconvert, nbval) stores what `display` shows, never what a widget
 callback draws, and GitHub, nbviewer and Jupyter Book run no widget code. So
 `show()` first displays a PNG of the default setting with

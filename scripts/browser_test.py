@@ -4,7 +4,7 @@ Starts a throwaway JupyterLab on a temporary copy of the notebook's folder (Jupy
 opens the notebook in Debian's chromium driven by Playwright (the PyPI package, never its own
 browser download), runs all cells, moves the compression-ratio slider one step with the keyboard
 and checks that the explorer's readout text and its PNG both change. The facts behind each step are
-in ../shared/COURSE.md, "A real browser (checked here)". Exit 0 with a one-line summary on success;
+as found to work with JupyterLab 4 and ipywidgets 8. Exit 0 with a one-line summary on success;
 on failure: the step, what the page showed, the server log's tail and a failure screenshot.
 
     HASHROBUST_DATA=../shared/datasets .venv/bin/python scripts/browser_test.py [--notebook PATH]

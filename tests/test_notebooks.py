@@ -1,4 +1,4 @@
-"""The course's notebooks keep the rules of the course (issue 5, ../shared/COURSE.md); nbval runs their cells.
+"""The course's notebooks keep the rules of the course (docs/protocol.md and the README's "The course"); nbval runs their cells.
 
 These checks read the committed .ipynb files: executed, thin, skeleton complete, exercises with solutions,
 CIFAR-10 numbers flagged as the stand-in. nbval (in the same `make test`) re-executes every cell and

@@ -1,7 +1,7 @@
 """The notebook explorers: slider values in, figure data and numbers out (no browser, no kernel).
 
 Setting a control through `explorer.set(...)` fires the observers a user's drag
-fires (../shared/COURSE.md, "Widgets: static first"); the numbers are checked
+fires (static first); the numbers are checked
 against the library functions the explorers call, and `show()` is checked to
 display a PNG first and replace it through the display handle.
 """

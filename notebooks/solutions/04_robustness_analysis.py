@@ -2,7 +2,7 @@
 
 Paper: Liu et al. (ASP-DAC 2018), Sec. 5, the multi-factor analysis (compression ratio x eps), on the rows
 of the committed results/<dataset>/analysis.csv (`hashrobust.reports.read_results(dataset, "analysis")`),
-made with the reconstructed protocol of ../shared/PAPER.md.
+made with the reconstructed protocol of docs/protocol.md.
 """
 from __future__ import annotations
 
