@@ -2,20 +2,24 @@
 
 Models: the shipped MNIST mlp3 (dense), and a "gradient-masked" copy whose last
 layer is scaled by 1000 so that the float32 softmax saturates and cross-entropy
-input gradients are exactly zero (what gradient inhibition does, ../shared/PAPER.md).
+input gradients are exactly zero (what gradient inhibition does, notebook 05).
 The shared contract (shape, range, eps-ball, mode, labels, batch independence,
 bad input) is also run for Square by tests/test_attacks.py, driven by __all__.
 """
 from __future__ import annotations
 
 import copy
+import importlib
+import math
+import os
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from hashrobust.attacks import FGSM, Square, loss_gradient
+from hashrobust.attacks import FGSM, Square, logit_margin, loss_gradient
 from hashrobust.attacks.square import p_schedule
 from hashrobust.zoo import load_pretrained
 
@@ -164,12 +168,131 @@ def test_eps_zero_returns_the_images(dense, first100):
     assert torch.equal(Square(dense, eps=0.0, queries=5)(first100[:4]), first100[:4])
 
 
+# ----------------------------------------------------------------------------- the authors' algorithm, the peer
+def reference_square(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, queries: int,
+                     p_init: float, seed: int = 0) -> torch.Tensor:
+    """The authors' L-inf Square (max-andr/square-attack, square_attack_linf), on numpy's generator.
+
+    Their conventions: margin = Z_y - max_{i != y} Z_i, minimised, <= 0 stops; 1 <= s <= H - 1 and the
+    corner in {0..H-s-1}; the signs of a square redrawn while the candidate equals the current best
+    (to 1e-7). Their per-image redraw loop runs here for all the examples at once (the same law).
+    """
+    rng = np.random.default_rng(seed)
+    x, y = images.numpy(), labels.numpy()
+    n, c, h, w = x.shape
+
+    def margin(adv: np.ndarray, y: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            logits = model(torch.from_numpy(adv)).numpy()
+        own = np.take_along_axis(logits, y[:, None], 1)[:, 0]
+        np.put_along_axis(logits, y[:, None], -np.inf, 1)
+        return own - logits.max(1)
+
+    best = np.clip(x + rng.choice([-eps, eps], size=(n, c, 1, w)), 0, 1).astype(np.float32)
+    best_margin = margin(best, y)
+    for t in range(queries - 1):
+        rows = np.flatnonzero(best_margin > 0)
+        if len(rows) == 0:
+            break
+        s = min(max(round(math.sqrt(p_schedule(p_init, t, queries) * h * w)), 1), h - 1)
+        top, left = rng.integers(0, h - s, len(rows)), rng.integers(0, w - s, len(rows))
+        inside = (((np.arange(h) >= top[:, None]) & (np.arange(h) < top[:, None] + s))[:, None, :, None]
+                  & ((np.arange(w) >= left[:, None]) & (np.arange(w) < left[:, None] + s))[:, None, None, :])
+        candidates, same = best[rows].copy(), np.arange(len(rows))
+        while len(same):
+            signs = rng.choice([-eps, eps], size=(len(same), c, 1, 1))
+            new = np.clip(x[rows[same]] + signs, 0, 1).astype(np.float32)
+            candidates[same] = np.where(inside[same], new, best[rows[same]])
+            same = same[(np.abs(candidates[same] - best[rows[same]]) < 1e-7).all(axis=(1, 2, 3))]
+        new_margin = margin(candidates, y[rows])
+        better = new_margin < best_margin[rows]
+        best[rows[better]], best_margin[rows[better]] = candidates[better], new_margin[better]
+    return torch.from_numpy(best)
+
+
+@pytest.fixture(scope="module")
+def ta():
+    """torchattacks, the peer; `make test` installs it, so CI (CI=true) fails rather than skips without it."""
+    if os.environ.get("CI"):
+        return importlib.import_module("torchattacks")
+    return pytest.importorskip("torchattacks")
+
+
+def test_as_strong_as_the_authors_algorithm_and_stronger_than_torchattacks(ta, dense, mnist_test):
+    """Same eps, queries, p_init and images: the success rate of the authors' algorithm, within 2 points.
+
+    torchattacks 3.5.1's L-inf Square has no redraw (and one square for the whole batch): 46% of its
+    queries score the current image again (measured on the first 100 images; ours did 45% before the
+    redraw), so it changes far fewer predictions. Measured on the first 500 test images: ours 0.740,
+    the reference 0.750, torchattacks 0.334.
+    """
+    images = mnist_test.images[:500]
+    predictions = dense(images).argmax(1)
+    ours = success(dense, Square(dense, eps=0.2, queries=300, p_init=0.05, seed=0)(images, predictions), predictions)
+    reference = success(dense, reference_square(dense, images, predictions, 0.2, 300, 0.05), predictions)
+    peer = ta.Square(copy.deepcopy(dense).eval(), norm="Linf", eps=0.2, n_queries=300, n_restarts=1, p_init=0.05,
+                     loss="margin", resc_schedule=True, seed=0)
+    theirs = success(dense, peer(images, predictions), predictions)
+    assert abs(ours - reference) <= 0.02, (ours, reference)
+    assert ours >= theirs - 0.02, (ours, theirs)
+
+
+def test_an_image_gets_the_same_adversarial_image_in_any_batch(dense, mnist_test):
+    """37 images in one batch, in batches of 5 and one by one: the same images and query counts, exactly."""
+    images = mnist_test.images[:37]
+    attack = Square(dense, eps=0.3, queries=50, seed=0)
+    whole, queries = attack(images), attack.last_queries.clone()
+    assert queries.min() < queries.max() == 50  # some examples stop early: the batches shrink differently
+    fives = torch.cat([attack(images[i:i + 5]) for i in range(0, 37, 5)])
+    alone, counts = [], []
+    for i in range(37):
+        alone.append(attack(images[i:i + 1]))
+        counts.append(attack.last_queries)
+    assert torch.equal(fives, whole) and torch.equal(torch.cat(alone), whole)
+    assert torch.equal(torch.cat(counts), queries)
+
+
+class Recorder(nn.Module):
+    """Wraps a model and keeps a copy of every batch it scores, and the logits it returned."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.calls = model, []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.model(images)
+        self.calls.append((images.clone(), logits.clone()))
+        return logits
+
+
+def test_no_query_scores_the_current_image_again(dense, mnist_test):
+    """Replay every query: each candidate differs from its example's current image (the redraw works),
+    the current image moves only to a candidate of strictly higher margin, and ends as the output."""
+    images = mnist_test.images[:16]
+    labels = dense(images).argmax(1)
+    recorder = Recorder(dense)
+    attack = Square(recorder, eps=0.2, queries=200, seed=0)
+    adv_images = attack(images)  # labels=None: the first call is the clean prediction
+    (clean, _), (stripes, logits), *queries = recorder.calls
+    assert torch.equal(clean, images) and len(stripes) == 16
+    current, margin = stripes.clone(), logit_margin(logits, labels)
+    for candidates, logits in queries:
+        rows = (candidates[:, None] - images[None]).flatten(2).abs().amax(2).argmin(1)  # the nearest clean image
+        assert ((candidates - images[rows]).abs().amax((1, 2, 3)) <= 0.2 + 1e-6).all()  # is the example's own
+        assert (candidates != current[rows]).flatten(1).any(1).all()  # never the current image again
+        candidate_margin = logit_margin(logits, labels[rows])
+        better = (candidate_margin > margin[rows]) | (candidate_margin > 0)
+        current[rows[better]], margin[rows[better]] = candidates[better], candidate_margin[better]
+    assert torch.equal(current, adv_images)
+    assert len(queries) > 50 and sum(len(q) for q, _ in queries) == (attack.last_queries - 1).sum()
+
+
 # ----------------------------------------------------------------------------- effectiveness, no gradients
 def test_changes_most_predictions_of_mlp3(dense, plain_run, first100):
     _, attack, adv_images = plain_run
     predictions = dense(first100).argmax(1)
     assert success(dense, adv_images, predictions) >= 0.8  # measured 1.00 (100/100)
-    assert attack.last_queries.float().median() <= 200  # measured median 33, mean 68
+    assert attack.last_queries.float().median() <= 200  # measured median 23, mean 39
 
 
 def test_never_asks_for_a_gradient_and_counts_its_queries(plain_run):
@@ -196,7 +319,7 @@ def test_gradient_masking_stops_fgsm_but_not_square(dense, masked, plain_run, fi
 
 
 def test_a_saturated_loss_stalls_the_search_too(masked, first100):
-    """Gradient-free is not enough: with loss="ce" Square reads the same flat, saturated score (measured 0.15)."""
+    """Gradient-free is not enough: with loss="ce" Square reads the same flat, saturated score (measured 0.20)."""
     predictions = masked(first100).argmax(1)
     attack = Square(masked, eps=0.3, queries=1000, loss="ce", seed=0)
     assert success(masked, attack(first100), predictions) <= 0.5

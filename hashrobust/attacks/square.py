@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_number
-from .base import LOSSES, Attack, _check_positive, _project_linf, logit_margin
+from .base import LOSSES, Attack, _check_positive, example_keys, example_uniform, logit_margin
 
 CHECKPOINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # p halves after each, in a 10000-query run
+REDRAWS = 50  # draws of a square's signs per iteration at most (for eps > 0 each repeats the image w.p. <= 1/2)
+STREAMS = 64  # random streams per iteration: 64 * (t + 1) + 0 the square's corner, + 1..REDRAWS its signs
 
 
 def p_schedule(p_init: float, t: int, queries: int) -> float:
@@ -27,30 +29,31 @@ def p_schedule(p_init: float, t: int, queries: int) -> float:
     return p_init / 2 ** sum(scaled > k for k in CHECKPOINTS)
 
 
-def _uniform(generators: list[torch.Generator], rows: list[int], shape: tuple[int, ...],
-             device: torch.device) -> Tensor:
-    """Uniform draws in [0, 1) of `shape` for each example of `rows`, each from its own generator, (M, *shape)."""
-    return torch.stack([torch.rand(shape, generator=generators[i], device=device) for i in rows])
-
-
 class Square(Attack):
     """Square Attack (L-inf, untargeted): random search over squares of +-eps, keeping what raises the loss.
 
     Start from vertical stripes of +-eps (one random sign per column and channel). Each iteration,
-    for every example not yet misclassified: pick a square of side s = round(sqrt(p * H * W)) at a
-    random position, set the perturbation on it to +-eps (one random sign per channel), clip to the
-    eps-ball and [0, 1], query the model, and keep the candidate if its loss is higher (or it fools
-    the model). p starts at p_init and halves on a fixed schedule (`p_schedule`). An example stops
-    once it is misclassified (logit margin > 0) or after `queries` queries, the start included.
-    After a call, `last_queries` (N,) holds the number of queries each example used.
+    for every example not yet misclassified: pick a square of side s = round(sqrt(p * H * W)), at
+    most min(H, W) - 1, with its top-left corner uniform in {0..H-s-1} x {0..W-s-1} (as in the
+    authors' code, so the last row and column keep their stripes), set the perturbation on it to
+    +-eps (one random sign per channel), clip to [0, 1], query the model, and keep the candidate if
+    its loss is strictly higher (or it fools the model). While the candidate equals the current
+    image (the square already holds those signs, or clipping hides the change), its signs are
+    redrawn before the query, as the authors' code does: no query is spent on an unchanged image.
+    After REDRAWS identical draws (only for an eps so tiny that x +- eps rounds to x) the example
+    sits the iteration out, without a query. p starts at p_init and halves on a fixed schedule
+    (`p_schedule`). An example stops once it is misclassified (logit margin > 0) or after `queries`
+    queries, the start included. After a call, `last_queries` (N,) holds each example's count.
 
     It needs only the model's scores, never a gradient (`forward` runs under torch.no_grad()), so
-    gradient masking such as gradient inhibition (../shared/PAPER.md), which zeroes the input
-    gradient of cross-entropy, does not stop it: a defence that beats gradient attacks but not
-    Square is masking gradients, not robust (Carlini et al. 2019, "On Evaluating Adversarial Robustness").
+    gradient masking such as gradient inhibition (notebook 05), which zeroes the input gradient of
+    cross-entropy, does not stop it: a defence that beats gradient attacks but not Square is
+    masking gradients, not robust (Carlini et al. 2019, "On Evaluating Adversarial Robustness").
 
-    Each example draws from its own torch.Generator (on the images' device), seeded from `seed` and
-    its position in the batch: the same seed gives the same result, whatever the rest of the batch.
+    Randomness is per example: every draw comes from `example_uniform`, keyed on the image's pixels
+    and `seed` (`example_keys`), with stream 0 for the stripes and streams STREAMS * (t + 1) + a at
+    iteration t (a = 0 the corner, a = 1..REDRAWS the signs). An image gets the same adversarial
+    image alone, in batches of 5 or in a batch of 1000.
 
     Paper: Andriushchenko et al. ECCV 2020, Sec. 3.1 and Algorithms 1-2 (L-inf: stripes start, squares
     of +-eps, p halved at 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 of 10000 queries).
@@ -87,11 +90,6 @@ class Square(Attack):
         self.seed = check_number(seed, "seed", "Square", low=0, integer=True)
         self.last_queries: Tensor | None = None
 
-    def generators(self, n: int, device: torch.device) -> list[torch.Generator]:
-        """One generator per example, seeded by the n first draws of a CPU generator seeded by `seed`."""
-        seeds = torch.randint(2**63 - 1, (n,), generator=torch.Generator().manual_seed(self.seed))  # (N,)
-        return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
-
     def score(self, adv_images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """One query per example: the loss to raise and the logit margin (> 0: misclassified), both (M,)."""
         logits = self.model(adv_images)  # (M, K)
@@ -99,29 +97,43 @@ class Square(Attack):
         loss = margin if self.loss == "margin" else F.cross_entropy(logits, labels, reduction="none")
         return loss, margin
 
+    def shifted(self, images: Tensor, uniform: Tensor) -> Tensor:
+        """images + eps where uniform >= 0.5, - eps elsewhere (broadcast), clipped to [0, 1]."""
+        return (images + torch.where(uniform < 0.5, -self.eps, self.eps)).clamp(0, 1)
+
     @torch.no_grad()
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
         n, c, h, w = images.shape
-        device = images.device
-        generators = self.generators(n, device)
-        stripes = torch.where(_uniform(generators, list(range(n)), (c, 1, w), device) < 0.5, -self.eps, self.eps)
-        adv_images = (images + stripes).clamp(0, 1)  # (N, C, H, W): vertical stripes of +-eps
+        keys = example_keys(images, self.seed)  # (N,): an example's draws depend on its pixels only
+
+        def draw(rows: Tensor, shape: tuple[int, ...], stream: int) -> Tensor:  # (M, *shape) in [0, 1)
+            return example_uniform(keys[rows.cpu().numpy()], shape, stream, images.device)
+
+        adv_images = self.shifted(images, draw(torch.arange(n), (c, 1, w), 0))  # (N, C, H, W): stripes
         best_loss, margin = self.score(adv_images, labels)  # (N,), (N,)
-        queries = torch.ones(n, dtype=torch.int64, device=device)
-        pixel_rows, pixel_cols = torch.arange(h, device=device), torch.arange(w, device=device)
-        for t in range(self.queries - 1):
+        queries = torch.ones(n, dtype=torch.int64, device=images.device)
+        pixel_rows, pixel_cols = torch.arange(h, device=images.device), torch.arange(w, device=images.device)
+        for t in range(self.queries - 1 if self.eps > 0 else 0):  # eps = 0: every candidate is the image
             rows = (margin <= 0).nonzero().squeeze(1)  # (M,) the examples not yet misclassified
             if len(rows) == 0:
                 break
-            s = min(max(round(math.sqrt(p_schedule(self.p_init, t, self.queries) * h * w)), 1), h, w)
-            draws = _uniform(generators, rows.tolist(), (2 + c,), device)  # (M, 2 + C)
-            top = (draws[:, :1] * (h - s + 1)).long().clamp(max=h - s)  # (M, 1) in {0, ..., H - s}
-            left = (draws[:, 1:2] * (w - s + 1)).long().clamp(max=w - s)  # (M, 1) in {0, ..., W - s}
+            s = max(min(round(math.sqrt(p_schedule(self.p_init, t, self.queries) * h * w)), h - 1, w - 1), 1)
+            corner = draw(rows, (2,), STREAMS * (t + 1))  # (M, 2): top-left in {0..H-s-1} x {0..W-s-1}
+            top = (corner[:, :1] * max(h - s, 1)).long().clamp(max=max(h - s - 1, 0))  # (M, 1)
+            left = (corner[:, 1:] * max(w - s, 1)).long().clamp(max=max(w - s - 1, 0))  # (M, 1)
             square = (((pixel_rows >= top) & (pixel_rows < top + s))[:, :, None]
-                      & ((pixel_cols >= left) & (pixel_cols < left + s))[:, None, :])  # (M, H, W)
-            signs = torch.where(draws[:, 2:] < 0.5, -self.eps, self.eps)[:, :, None, None]  # (M, C, 1, 1)
-            delta = torch.where(square[:, None], signs, adv_images[rows] - images[rows])  # (M, C, H, W)
-            candidates = _project_linf(images[rows] + delta, images[rows], self.eps)
+                      & ((pixel_cols >= left) & (pixel_cols < left + s))[:, None, :])[:, None]  # (M, 1, H, W)
+            best = adv_images[rows]  # (M, C, H, W)
+            candidates, same = best.clone(), torch.arange(len(rows), device=images.device)
+            for attempt in range(1, REDRAWS + 1):  # redraw the signs of the candidates equal to their best
+                signs = draw(rows[same], (c, 1, 1), STREAMS * (t + 1) + attempt)  # (M', C, 1, 1)
+                candidates[same] = torch.where(square[same], self.shifted(images[rows[same]], signs), best[same])
+                same = same[(candidates[same] == best[same]).flatten(1).all(1)]
+                if len(same) == 0:
+                    break
+            changed = torch.ones(len(rows), dtype=torch.bool, device=images.device)
+            changed[same] = False  # still equal after REDRAWS draws: no query this iteration
+            rows, candidates = rows[changed], candidates[changed]
             loss, candidate_margin = self.score(candidates, labels[rows])  # (M,), (M,)
             queries[rows] += 1
             better = (loss > best_loss[rows]) | (candidate_margin > 0)  # (M,)
