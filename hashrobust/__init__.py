@@ -11,7 +11,7 @@ ICML 2015). Importing this package touches no GPU, network or disk.
     hr.evaluate(model, test.subset(1000))
     hr.success_rate(model, hr.FGSM(model, eps=0.3), test.images[:1000], test.labels[:1000])
 """
-from .attacks import BIM, CW, EOT, FGSM, JSMA, PGD, Attack, DeepFool, Square
+from .attacks import APGD, APGDT, BIM, CW, EOT, FGSM, JSMA, PGD, Attack, DeepFool, Square
 from .data import CIFAR10_CLASSES, ImageDataset, data_root, load_dataset
 from .hashing import hash_positions, num_buckets
 from .defenses import GradientMaskingWarning, choose_strength, gradient_inhibition, inhibition_report
@@ -33,7 +33,7 @@ __all__ = [
     # the pretrained zoo
     "load_pretrained", "load_checkpoint", "read_manifest", "save_checkpoint",
     # attacks and their evaluation
-    "Attack", "FGSM", "BIM", "PGD", "JSMA", "CW", "DeepFool", "Square", "EOT",
+    "Attack", "FGSM", "BIM", "PGD", "JSMA", "CW", "DeepFool", "Square", "APGD", "APGDT", "EOT",
     # evaluation: the paper's success rate, standard robust accuracy, the ensemble, intervals
     "success_rate", "robust_accuracy", "attack_outcomes", "jsma_success", "transfer", "sweep",
     "wilson_interval", "paired_difference",

@@ -35,12 +35,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ._validation import check_choice, check_number
-from .attacks import JSMA, Attack, Square
+from .attacks import APGD, APGDT, JSMA, Attack, Square
 from .data import ImageDataset
 from .train import predict
 
 __all__ = ["success_rate", "robust_accuracy", "attack_outcomes", "jsma_success", "transfer", "sweep",
-           "wilson_interval", "paired_difference", "verdict", "ENSEMBLES", "AttackFactory",
+           "summarize", "ensemble_attacks", "wilson_interval", "paired_difference", "verdict", "ENSEMBLES",
+           "AttackFactory",
            "pack_outcomes", "unpack_outcomes"]
 
 AttackFactory = Callable[[nn.Module, float], Attack]  # (model, eps) -> attack
@@ -207,8 +208,8 @@ def attack_outcomes(target_model: nn.Module, attack: Attack, images: Tensor, lab
     return _outcomes(target_model, images, labels, _adversarials(attack, images, labels, batch_size))
 
 
-def _summary(outcomes: dict) -> dict:
-    """The row of rates (with Wilson intervals) for `attack_outcomes`."""
+def summarize(outcomes: dict) -> dict:
+    """The row of rates of `success_rate` (with Wilson intervals) from the per-example `attack_outcomes`."""
     row = {"n": len(outcomes["success"]), **_rate(outcomes["success"], "success")}
     if "robust" in outcomes:
         correct, robust = outcomes["correct"], outcomes["robust"]
@@ -253,7 +254,7 @@ def success_rate(model: nn.Module, attack: Attack, images: Tensor, labels: Tenso
     if not _wraps(_source_of(attack), model):
         raise ValueError("The 'attack' passed to success_rate was built on another model; "
                          "use transfer(source_model, target_model, attack, images) for transferred examples.")
-    return _summary(attack_outcomes(model, attack, images, labels, batch_size))
+    return summarize(attack_outcomes(model, attack, images, labels, batch_size))
 
 
 def transfer(source_model: nn.Module, target_model: nn.Module, attack: Attack, images: Tensor,
@@ -268,7 +269,7 @@ def transfer(source_model: nn.Module, target_model: nn.Module, attack: Attack, i
     """
     if not _wraps(_source_of(attack), source_model):
         raise ValueError("The 'attack' passed to transfer must be built on source_model.")
-    return _summary(attack_outcomes(target_model, attack, images, labels, batch_size))
+    return summarize(attack_outcomes(target_model, attack, images, labels, batch_size))
 
 
 def jsma_success(model: nn.Module, attack: JSMA, images: Tensor, labels: Tensor, batch_size: int = 90) -> dict:
@@ -308,7 +309,6 @@ ENSEMBLES = {
 def ensemble_attacks(model: nn.Module, eps: float, norm: str = "linf", preset: str = "standard",
                      seed: int = 0) -> list[tuple[str, Attack]]:
     """The ensemble's attacks on `model`, in AutoAttack's order: APGD-CE, APGD-T (DLR), Square (L-inf only)."""
-    from .attacks.apgd import APGD, APGDT  # TEMP
     budget = ENSEMBLES[check_choice(preset, "preset", ENSEMBLES)]
     check_choice(norm, "norm", ("linf", "l2"))
     attacks = [("APGD-CE", APGD(model, eps=eps, norm=norm, steps=budget["apgd_steps"], loss="ce", seed=seed)),
@@ -419,7 +419,7 @@ def sweep(models: Mapping[tuple[str, float], nn.Module], attacks: Mapping[str, A
                     for target_ratio, target in targets:
                         outcomes = _outcomes(target, data.images, data.labels, adversarials)
                         rows.append({**base, "ratio": target_ratio, "source_ratio": ratio,
-                                     "mode": "white-box" if target is model else "transfer", **_summary(outcomes),
+                                     "mode": "white-box" if target is model else "transfer", **summarize(outcomes),
                                      "success_examples": pack_outcomes(outcomes["success"]), "seconds": seconds})
                     bar.update()
     return rows

@@ -47,9 +47,9 @@ from .jsma import JSMA
 from .cw import CW
 from .deepfool import DeepFool
 from .square import Square
-# from .apgd import APGD, APGDT  (TEMP until apgd.py lands)
+from .apgd import APGD, APGDT
 from .eot import EOT
 
-__all__ = ["Attack", "FGSM", "BIM", "PGD", "JSMA", "CW", "DeepFool", "Square", "EOT",
+__all__ = ["Attack", "FGSM", "BIM", "PGD", "JSMA", "CW", "DeepFool", "Square", "APGD", "APGDT", "EOT",
            "ce_loss", "margin_loss", "logit_margin", "loss_gradient", "changed_fraction",
            "example_keys", "example_uniform", "example_normal"]
