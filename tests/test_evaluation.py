@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from hashrobust.adaptive import Temperature
 from hashrobust.attacks import FGSM, JSMA, PGD, Attack
 from hashrobust.defenses import gradient_inhibition
-from hashrobust.evaluation import (attack_outcomes, jsma_success, pack_outcomes, paired_difference, robust_accuracy,
-                                   success_rate, sweep, transfer, unpack_outcomes, verdict, wilson_interval)
+from hashrobust.evaluation import (attack_outcomes, ensemble_attacks, jsma_success, pack_outcomes, paired_difference,
+                                   robust_accuracy, success_rate, sweep, transfer, unpack_outcomes, verdict,
+                                   wilson_interval)
 from hashrobust.train import predict
 from hashrobust.zoo import load_pretrained
 
@@ -201,3 +202,48 @@ def test_paired_interval_is_narrower_than_two_independent_ones():
     lb, hb = wilson_interval(int(b.sum()), 1000)
     assert row["low"] > 0 and la < hb  # paired: significant; the independent intervals overlap
     assert math.isclose(row["difference"], (int(a.sum()) - int(b.sum())) / 1000, abs_tol=1e-12)
+
+
+# ----------------------------------------------------------------------------- the ensemble
+@pytest.fixture(scope="module")
+def ensemble(hashed, data):
+    images, labels = data.images[:30], data.labels[:30]
+    return robust_accuracy(hashed, images, labels, eps=0.1, preset="course"), images, labels
+
+
+def test_ensemble_is_the_worst_case_per_example_and_below_each_member(hashed, ensemble):
+    result, images, labels = ensemble
+    assert [step["attack"] for step in result["per_attack"]] == ["APGD-CE", "APGD-T (DLR)", "Square"]
+    assert result["robust_acc"] <= result["clean_acc"]
+    for name, attack in ensemble_attacks(hashed, 0.1, preset="course"):
+        alone = success_rate(hashed, attack, images, labels)["robust_acc"]
+        assert result["robust_acc"] <= alone + 1e-12, name
+    # cumulative robust accuracy never rises, and the per-example vector is what the rate counts
+    steps = [result["clean_acc"]] + [step["robust_acc"] for step in result["per_attack"]]
+    assert steps == sorted(steps, reverse=True)
+    assert result["robust_acc"] == int(result["robust"].sum()) / len(labels)
+    assert sum(step["broken"] for step in result["per_attack"]) == round(30 * (result["clean_acc"] - result["robust_acc"]))
+
+
+def test_ensemble_breaks_an_undefended_model_at_a_large_eps(dense, data):
+    result = robust_accuracy(dense, data.images[:20], data.labels[:20], eps=0.3, preset="course")
+    assert result["robust_acc"] == 0 and result["clean_acc"] > 0.9
+
+
+def test_ensemble_sees_through_gradient_masking(dense, data):
+    """GI zeroes cross-entropy gradients: APGD-CE alone reports a high robust accuracy, the ensemble about 0."""
+    masked = gradient_inhibition(dense, eps=0.35)
+    images, labels = data.images[:40], data.labels[:40]
+    result = robust_accuracy(masked, images, labels, eps=0.3, preset="course")
+    apgd_ce = result["per_attack"][0]["robust_acc"]
+    assert apgd_ce > 0.5 and result["robust_acc"] <= 0.05
+
+
+def test_ensemble_input_checks(dense, data):
+    with pytest.raises(ValueError, match="Unknown preset 'fast'; choose one of: course, standard"):
+        robust_accuracy(dense, data.images[:4], data.labels[:4], eps=0.1, preset="fast")
+    with pytest.raises(ValueError, match="Unknown norm 'l1'; choose one of: l2, linf"):
+        robust_accuracy(dense, data.images[:4], data.labels[:4], eps=0.1, norm="l1")
+    other = load_pretrained("mnist", "mlp3", 8)
+    with pytest.raises(ValueError, match="The attack 'x' passed to robust_accuracy was built on another model"):
+        robust_accuracy(dense, data.images[:4], data.labels[:4], eps=0.1, attacks=[("x", FGSM(other, eps=0.1))])
