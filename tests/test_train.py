@@ -1,6 +1,7 @@
 """Tests for hashrobust.train: seeding, the loop, augmentation, evaluate/predict, recipe validation."""
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -20,6 +21,16 @@ def _trained_mlp3(train_set, recipe):
     return model, history
 
 
+def _near_ties(logits: torch.Tensor, length: int) -> torch.Tensor:
+    """(N,) True where the top two logits are within float32 rounding of each other, so the argmax may differ.
+
+    Another batch size re-blocks the float32 matmul sums (the longest `length` terms), moving each logit by
+    rounding errors that grow like sqrt(length): eps_f32 * sqrt(length) * the row's largest |logit|.
+    """
+    top2 = logits.topk(2, dim=1).values
+    return top2[:, 0] - top2[:, 1] <= torch.finfo(torch.float32).eps * math.sqrt(length) * logits.abs().amax(1)
+
+
 def test_set_seed_seeds_python_numpy_and_torch():
     set_seed(7)
     first = (random.random(), np.random.rand(), torch.rand(3))
@@ -35,7 +46,7 @@ def test_training_is_deterministic_for_a_seed(mnist_train):
     a, history_a = _trained_mlp3(data, TrainRecipe(epochs=1, seed=1))
     b, history_b = _trained_mlp3(data, TrainRecipe(epochs=1, seed=1))
     c, _ = _trained_mlp3(data, TrainRecipe(epochs=1, seed=2))
-    assert history_a == history_b
+    assert history_a == history_b  # exact: the same float ops on the same batches in one process
     for (name, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
         assert torch.equal(pa, pb), name
     assert not torch.equal(a[2].weight, c[2].weight)  # another seed shuffles differently
@@ -95,8 +106,10 @@ def test_evaluate_is_the_argmax_accuracy(mlp, mnist_test):
     accuracy = evaluate(mlp, data, batch_size=7)
     assert isinstance(accuracy, float) and 0.0 <= accuracy <= 1.0
     with torch.no_grad():
-        expected = (mlp(data.images).argmax(1) == data.labels).float().mean().item()
-    assert accuracy == pytest.approx(expected, abs=1e-7)
+        logits = mlp(data.images)  # one batch of 50, where evaluate used batches of 7
+    expected = (logits.argmax(1) == data.labels).float().mean().item()
+    # Only near-tied predictions may differ between the batchings (none here: the smallest gap is 8e-3).
+    assert accuracy == pytest.approx(expected, abs=_near_ties(logits, 1000).sum().item() / len(data) + 1e-7)
     own_labels = ImageDataset(data.images, predict(mlp, data.images), "mnist", "test", "official")
     assert evaluate(mlp, own_labels) == 1.0
 
@@ -107,11 +120,13 @@ def test_predict_uses_eval_mode_and_restores_training_mode():
     images = torch.rand(10, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     model.eval()
     with torch.no_grad():
-        expected = model(images).argmax(1)
+        logits = model(images)  # one batch of 10, where predict uses batches of 3
     model.train()
     labels = predict(model, images, batch_size=3)
     assert labels.shape == (10,) and labels.dtype == torch.int64
-    assert torch.equal(labels, expected)
+    # Only near-tied logits may flip between the batchings (none here: the smallest gap is 0.05, the float32
+    # bound below 1e-6); train mode's batch statistics and dropout would change the logits far more.
+    assert ((labels == logits.argmax(1)) | _near_ties(logits, 64 * 8 * 8)).all()
     assert model.training and all(m.training for m in model.modules())
     model.eval()
     predict(model, images)

@@ -105,7 +105,7 @@ def test_adversarial_explorer_stays_in_the_eps_ball_and_draws_its_perturbation(s
         assert torch.allclose(torch.as_tensor(axes[3 * i + 1].images[0].get_array()), delta[i, 0])
         assert axes[3 * i + 1].images[0].get_clim() == (-0.2, 0.2)  # centred at 0
         assert axes[3 * i + 2].get_title().startswith(f"{attack} eps 0.20: {int(s['adv_pred'][i])} (")
-    assert torch.equal(s["adv_pred"], mlp3(s["adv_images"]).argmax(1))
+    assert torch.equal(s["adv_pred"], mlp3(s["adv_images"]).argmax(1))  # exact: the same batch of 3 images
 
 
 def test_adversarial_explorer_caches_each_setting(subset, mlp3):
@@ -129,6 +129,7 @@ def test_compression_attack_readout_equals_success_rate_and_transfer(subset):
         model = load_pretrained("mnist", "mlp3", ratio)
         white_box = success_rate(model, FGSM(model, eps=0.05), images, labels)["success"]
         transferred = transfer(dense, model, FGSM(dense, eps=0.05), images, labels)["success"]
+        # exact: the explorer makes these same calls on the same images and batches (the same float ops)
         assert (explorer.state["white_box"], explorer.state["transfer"]) == (white_box, transferred)
         assert f"white-box success {100 * white_box:.1f}%" in explorer.readout.value
         assert f"transfer dense -> hashed success {100 * transferred:.1f}%" in explorer.readout.value
