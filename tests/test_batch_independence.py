@@ -2,10 +2,15 @@
 
 An attack ascends the SUM of per-example losses (each example's gradient is its own, unscaled) and draws
 its randomness from a key made of the example's own pixels (attacks/base.py), so an image attacked in one
-batch of 37, in batches of 5 or alone gives the same adversarial image. "The same" is to float32
-tolerance: a matrix product over a different batch size may be blocked differently by the CPU's BLAS
-kernel (AVX2, AVX-512) and differ in the last bits, which can flip the sign of a gradient entry that is
-within a few ulps of 0. So pixels agree to 1e-5 except for at most 0.1% of them, and the metrics agree.
+batch of 37, in batches of 5 or alone gives the same adversarial image.
+
+The model's own float32 arithmetic is another matter: a matrix product over a different batch size may
+be blocked differently by the CPU's BLAS kernel (AVX2, AVX-512) and differ in the last bits (mlp3's
+logits by about 1e-5), which an iterative attack can amplify near a decision boundary. So the pixels are
+compared on `OneByOne(model)`, whose arithmetic is the same in any batch (what remains is the attack's
+own bookkeeping, equal to float32 rounding: atol 1e-5 on pixels in [0, 1]); the metrics are compared on
+the model itself, where an example whose outcome sits within rounding of a boundary may flip: at most
+one in a batch of 37 (or 2 in 300), far below the effect of the batch-mean bug this guards against.
 """
 import pytest
 import torch
@@ -33,7 +38,18 @@ ATTACKS = {
     "APGD, DLR, L2": lambda m: APGD(m, eps=1.0, steps=10, loss="dlr", norm="l2"),
     "APGDT": lambda m: APGDT(m, eps=0.1, steps=5, n_target_classes=2),
 }
-PIXEL_TOL, PIXEL_FRACTION = 1e-5, 1e-3
+PIXEL_TOL = 1e-5
+
+
+class OneByOne(torch.nn.Module):
+    """The model run on each image on its own: its arithmetic cannot depend on the batch."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        return torch.cat([self.model(image[None]) for image in images])
 
 
 def test_every_attack_of_the_package_is_covered():
@@ -57,14 +73,13 @@ def _in_chunks(attack, images, labels, size):
 
 
 def _assert_same(a, b):
-    far = ((a - b).abs() > PIXEL_TOL).float().mean().item()
-    assert far <= PIXEL_FRACTION, f"{far:.2%} of the pixels differ by more than {PIXEL_TOL}"
+    torch.testing.assert_close(a, b, rtol=0, atol=PIXEL_TOL)
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
 def test_one_batch_batches_of_five_and_one_by_one_agree(model, batch, name):
     images, labels = batch
-    attack = ATTACKS[name](model)
+    attack = ATTACKS[name](OneByOne(model))
     whole = attack(images, labels)
     _assert_same(_in_chunks(attack, images, labels, 5), whole)
     _assert_same(_in_chunks(attack, images, labels, 1), whole)
@@ -76,7 +91,8 @@ def test_one_batch_batches_of_five_and_one_by_one_agree(model, batch, name):
 def test_metrics_do_not_depend_on_the_batch_size(model, batch, name):
     images, labels = batch
     rows = [success_rate(model, ATTACKS[name](model), images, labels, batch_size=size) for size in (37, 5, 1)]
-    assert rows[0] == rows[1] == rows[2]
+    for key in ("success", "robust_acc", "clean_acc"):
+        assert abs(rows[0][key] - rows[1][key]) <= 1 / 37 and abs(rows[0][key] - rows[2][key]) <= 1 / 37, key
 
 
 def test_a_masking_defence_looks_no_stronger_on_bigger_batches(model, mnist_test):
@@ -84,16 +100,19 @@ def test_a_masking_defence_looks_no_stronger_on_bigger_batches(model, mnist_test
     masked = gradient_inhibition(model, eps=0.2)
     images, labels = mnist_test.images[:300], mnist_test.labels[:300]
     rows = [success_rate(masked, FGSM(masked, eps=0.3), images, labels, batch_size=size) for size in (300, 10, 1)]
-    assert rows[0]["success"] == rows[1]["success"] == rows[2]["success"]
+    assert abs(rows[0]["success"] - rows[1]["success"]) <= 2 / 300
+    assert abs(rows[0]["success"] - rows[2]["success"]) <= 2 / 300
 
 
 def test_the_ensemble_does_not_depend_on_the_batch_size(model, batch):
     images, labels = batch
-    results = [robust_accuracy(model, images, labels, eps=0.1, preset="course", batch_size=size) for size in (37, 4)]
+    results = [robust_accuracy(OneByOne(model), images, labels, eps=0.1, preset="course", batch_size=size)
+               for size in (37, 4)]
     assert torch.equal(results[0]["robust"], results[1]["robust"])
 
 
 def test_eot_of_a_deterministic_model_changes_nothing(model, batch):
     images, labels = batch
-    _assert_same(PGD(EOT(model, draws=3), eps=0.1, alpha=0.02, steps=5)(images, labels),
-                 PGD(model, eps=0.1, alpha=0.02, steps=5)(images, labels))
+    single = OneByOne(model)
+    _assert_same(PGD(EOT(single, draws=3), eps=0.1, alpha=0.02, steps=5)(images, labels),
+                 PGD(single, eps=0.1, alpha=0.02, steps=5)(images, labels))

@@ -237,10 +237,25 @@ def test_as_strong_as_the_authors_algorithm_and_stronger_than_torchattacks(ta, d
     assert ours >= theirs - 0.02, (ours, theirs)
 
 
+class OneByOne(nn.Module):
+    """The model run on each image on its own: its float32 arithmetic cannot depend on the batch."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.model(image[None]) for image in images])
+
+
 def test_an_image_gets_the_same_adversarial_image_in_any_batch(dense, mnist_test):
-    """37 images in one batch, in batches of 5 and one by one: the same images and query counts, exactly."""
+    """37 images in one batch, in batches of 5 and one by one: the same images and query counts, exactly.
+
+    On OneByOne(dense): a matrix product over another batch size may round differently on another CPU,
+    and Square's accept/reject compares margins; what is under test is the attack's own randomness.
+    """
     images = mnist_test.images[:37]
-    attack = Square(dense, eps=0.3, queries=50, seed=0)
+    attack = Square(OneByOne(dense), eps=0.3, queries=50, seed=0)
     whole, queries = attack(images), attack.last_queries.clone()
     assert queries.min() < queries.max() == 50  # some examples stop early: the batches shrink differently
     fives = torch.cat([attack(images[i:i + 5]) for i in range(0, 37, 5)])
