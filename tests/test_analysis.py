@@ -3,7 +3,10 @@ import csv
 
 import pytest
 
-from hashrobust.analysis import analysis_heatmap, findings, write_analysis
+import torch
+
+from hashrobust.analysis import analysis_heatmap, findings, paired_cells, write_analysis
+from hashrobust.evaluation import pack_outcomes
 from hashrobust.reports import markdown_table, percent, pivot, read_csv, read_results, write_csv
 
 
@@ -11,7 +14,8 @@ def _row(ratio, eps, success, mode="white-box", source_ratio=None, attack="FGSM"
     return {"dataset": "mnist", "variant": "official", "arch": "mlp3", "ratio": ratio,
             "source_ratio": ratio if source_ratio is None else source_ratio, "mode": mode, "attack": attack,
             "eps": eps, "n": 100, "success": success, "fooling": success, "robust_acc": 1 - success,
-            "clean_acc": 0.98, "seconds": 0.1}
+            "clean_acc": 0.98, "success_examples": pack_outcomes(torch.arange(100) < round(100 * success)),
+            "seconds": 0.1}
 
 
 def _grid(dense, hashed):
@@ -65,12 +69,24 @@ def test_analysis_heatmap_panels_and_errors():
         analysis_heatmap(rows, "mlp3", "sideways")
 
 
-@pytest.mark.parametrize("dense, hashed, verdict", [
-    (0.50, 0.60, "more vulnerable than"), (0.50, 0.40, "less vulnerable than"), (0.50, 0.51, "about as vulnerable as")])
-def test_findings_follow_the_numbers(dense, hashed, verdict):
+@pytest.mark.parametrize("dense, hashed, counts", [
+    (0.50, 0.60, "higher in 4, lower in 0, no detectable difference in 0 of 4"),
+    (0.50, 0.40, "higher in 0, lower in 4, no detectable difference in 0 of 4"),
+    (0.50, 0.51, "higher in 0, lower in 0, no detectable difference in 4 of 4")])
+def test_findings_follow_the_paired_numbers(dense, hashed, counts):
+    """The same first images succeed on both models, so the discordant pairs are |hashed - dense| x 100."""
     lines = findings(_grid(dense, hashed))
-    assert verdict in lines[0] and f"{percent(dense)}% on the dense" in lines[0]
+    assert f"{percent(dense)}% on the dense" in lines[0] and f"hashed success is {counts} (ratio, eps) cells" in lines[0]
     assert f"succeed on the hashed models {percent(hashed / 2)}%" in lines[1]
+    assert "transfer success is higher in 0, lower in 4" in lines[1]
+
+
+def test_paired_cells_are_mcnemar_on_the_stored_outcomes():
+    cells = paired_cells(_grid(0.5, 0.6), "mlp3", "FGSM")
+    assert [(c["ratio"], c["eps"]) for c in cells] == [(8, 0.1), (8, 0.3), (64, 0.1), (64, 0.3)]
+    for c in cells:
+        assert c["difference"] == pytest.approx(0.1) and (c["only_a"], c["only_b"]) == (10, 0)
+        assert c["p_value"] == pytest.approx(2 / 2 ** 10) and c["verdict"] == "higher"
 
 
 def test_write_analysis_files(tmp_path):
@@ -79,6 +95,7 @@ def test_write_analysis_files(tmp_path):
     assert {"analysis.csv", "analysis.md", "heatmap_mlp3_whitebox.png", "heatmap_mlp3_dense_to_hashed.png",
             "heatmap_mlp3_hashed_to_dense.png"} == names
     text = (tmp_path / "analysis.md").read_text()
-    assert "## What the data shows" in text and "more vulnerable than" in text
+    assert "## What the data shows" in text and "hashed success is higher in 4" in text
+    assert "| 8 | +10.0* | +10.0* |" in text  # the paired table: hashed minus dense, significant
     assert "### FGSM, white-box: success (%)" in text and "| 64 | 60.0 | 60.0 |" in text
     assert (tmp_path / "heatmap_mlp3_whitebox.png").read_bytes()[:4] == b"\x89PNG"
