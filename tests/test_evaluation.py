@@ -244,6 +244,13 @@ def test_ensemble_input_checks(dense, data):
         robust_accuracy(dense, data.images[:4], data.labels[:4], eps=0.1, preset="fast")
     with pytest.raises(ValueError, match="Unknown norm 'l1'; choose one of: l2, linf"):
         robust_accuracy(dense, data.images[:4], data.labels[:4], eps=0.1, norm="l1")
-    other = load_pretrained("mnist", "mlp3", 8)
-    with pytest.raises(ValueError, match="The attack 'x' passed to robust_accuracy was built on another model"):
-        robust_accuracy(dense, data.images[:4], data.labels[:4], eps=0.1, attacks=[("x", FGSM(other, eps=0.1))])
+    with pytest.raises(ValueError, match="FGSM with targeted=True cannot be scored as an untargeted attack"):
+        robust_accuracy(dense, data.images[:4], data.labels[:4], eps=0.1,
+                        attacks=[("x", FGSM(dense, eps=0.1, targeted=True))])
+
+
+def test_ensemble_of_given_attacks_takes_transfer_attacks_and_scores_on_the_model(dense, hashed, data):
+    images, labels = data.images[:50], data.labels[:50]
+    crossed = FGSM(dense, eps=0.1)  # crafted on the dense model, scored on the hashed one
+    result = robust_accuracy(hashed, images, labels, eps=0.1, attacks=[("transfer", crossed)])
+    assert result["robust_acc"] == transfer(dense, hashed, crossed, images, labels)["robust_acc"]
