@@ -49,7 +49,7 @@ results-mnist: install
 results-cifar10: install
 	$(BIN)/hashrobust analyze --dataset cifar10 --n 200
 	$(BIN)/hashrobust reproduce --dataset cifar10 --n 500 --jsma-images 2
-	$(BIN)/hashrobust adaptive --dataset cifar10 --n 200 --jsma-images 2
+	$(BIN)/hashrobust adaptive --dataset cifar10 --n 200 --n-cw 50 --jsma-images 2
 
 # Rebuild the pretrained zoo (needs the data: set HASHROBUST_DATA). MNIST: a few minutes
 # on 2 CPU cores; CIFAR-10: about 40 minutes on 2 CPU cores.

@@ -39,7 +39,7 @@ def my_fgsm(model: nn.Module, images: Tensor, eps: float) -> Tensor:
     """
     images = images.detach().clone().requires_grad_(True)
     logits = model(images)  # (N, K)
-    loss = F.cross_entropy(logits, logits.argmax(1).detach())
+    loss = F.cross_entropy(logits, logits.argmax(1).detach(), reduction="sum")  # each image's own gradient
     (grad,) = torch.autograd.grad(loss, images)  # (N, C, H, W)
     return (images + eps * grad.sign()).clamp(0, 1).detach()
 
