@@ -77,10 +77,13 @@ def paired_cells(rows: list[dict], arch: str, attack: str, mode: str = "white-bo
     own white-box examples (what not knowing the hash costs the attacker, negative when transfer is weaker).
 
     Returns:
-        [{"ratio", "eps", "hashed", "dense" (or "white-box"), "difference", "low", "high", "p_value", "n", "verdict"}]
-        with `evaluation.paired_difference`'s 95% Agresti-Min interval and exact McNemar p-value.
+        [{"ratio", "eps", "first", "second" (the two success rates), "difference", "low", "high", "p_value", "n",
+        "verdict"}] with `evaluation.paired_difference`'s 95% Agresti-Min interval and exact McNemar p-value;
+        [] for rows without per-example outcomes (CSV files written before they were stored).
     """
     mine = [r for r in rows if r["arch"] == arch and r["attack"] == attack]
+    if not all(r.get("success_examples") for r in mine):
+        return []
     white = {(r["ratio"], r["eps"]): r for r in mine if r["mode"] == "white-box"}
     cells = []
     for (ratio, eps), row in sorted(white.items()):
@@ -99,6 +102,8 @@ def paired_cells(rows: list[dict], arch: str, attack: str, mode: str = "white-bo
 
 
 def _counted(cells: list[dict]) -> str:
+    if not cells:
+        return "not testable: these rows carry no per-example outcomes (made before they were stored)"
     higher = sum(c["verdict"] == "higher" for c in cells)
     lower = sum(c["verdict"] == "lower" for c in cells)
     return (f"higher in {higher}, lower in {lower}, no detectable difference in {len(cells) - higher - lower} of "
@@ -207,8 +212,8 @@ def write_analysis(rows: list[dict], out_dir: str | Path, command: str) -> list[
                 if cells:
                     md += [f"### {attack}, {mode}: success (%)", "",
                            markdown_table(cells, row_key, "eps", "success", col_fmt=_eps_fmt(first["dataset"])), ""]
-                if cells and mode == "white-box" and len({r["ratio"] for r in cells}) > 1:
-                    paired = [{**c, "points": _signed(c)} for c in paired_cells(rows, arch, attack)]
+                paired = [{**c, "points": _signed(c)} for c in paired_cells(rows, arch, attack)]
+                if cells and mode == "white-box" and paired:
                     md += [f"Hashed minus dense, {attack}, in points, paired on the same images (* where the 95% "
                            "interval excludes 0):", "",
                            markdown_table(paired, "ratio", "eps", "points", col_fmt=_eps_fmt(first["dataset"]),

@@ -99,3 +99,10 @@ def test_write_analysis_files(tmp_path):
     assert "| 8 | +10.0* | +10.0* |" in text  # the paired table: hashed minus dense, significant
     assert "### FGSM, white-box: success (%)" in text and "| 64 | 60.0 | 60.0 |" in text
     assert (tmp_path / "heatmap_mlp3_whitebox.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rows_without_per_example_outcomes_make_no_paired_claim():
+    rows = [{k: v for k, v in r.items() if k != "success_examples"} for r in _grid(0.5, 0.6)]
+    assert paired_cells(rows, "mlp3", "FGSM") == []
+    line = findings(rows)[0]
+    assert "not testable: these rows carry no per-example outcomes" in line and "higher in" not in line
