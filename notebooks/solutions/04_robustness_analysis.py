@@ -34,7 +34,7 @@ def hashed_minus_dense(rows: Sequence[dict], arch: str) -> dict[str, float]:
         >>> from hashrobust.reports import read_results
         >>> rows = read_results("mnist", "analysis")
         >>> {attack: round(gap, 3) for attack, gap in hashed_minus_dense(rows, "mlp3").items()}
-        {'FGSM': 0.085, 'BIM': 0.056, 'PGD': 0.055}
+        {'FGSM': 0.085, 'BIM': 0.056, 'PGD': 0.056}
     """
     white = [r for r in rows if r["arch"] == arch and r["mode"] == "white-box"]
     result = {}
