@@ -193,8 +193,10 @@ def write_analysis(rows: list[dict], out_dir: str | Path, command: str) -> list[
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
     md = [f"# Multi-factor analysis: {label} ({first['variant']})", "",
           f"Made by `{command}` on the first {first['n']} test images. Attack success = fraction of "
-          "predictions that change (the paper's definition; robust accuracy, the standard measure, is in "
-          "analysis.csv with 95% Wilson intervals for every rate); white-box attacks backpropagate through the hash, "
+          "predictions that change (the paper's definition" + ("; robust accuracy, the standard measure, is in "
+          "analysis.csv with 95% Wilson intervals for every rate" if "success_low" in first else "; this run predates "
+          "the corrected evaluation: no intervals or per-example outcomes, and its robust_acc column used an "
+          "inflated definition") + "); white-box attacks backpropagate through the hash, "
           "transfer attacks are crafted on one model and scored on its twin. Settings: FGSM; BIM with step eps/10, "
           "40 iterations; PGD with step 2.5 eps/40, 40 iterations, seeded random start. Reconstructed protocol "
           "(docs/protocol.md): the paper's own tables are not available.", "", "## What the data shows", ""]
