@@ -39,9 +39,10 @@ def _matrix(layer: nn.Module) -> Tensor:
 
 @torch.no_grad()
 def eq2_gradient(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
-    """Exercise 2: grad_x of the batch-mean cross-entropy of an mlp3 model by eq. (2), without autograd.
+    """Exercise 2: grad_x of the summed cross-entropy of an mlp3 model by eq. (2), without autograd.
 
-    grad_x J = V1^T D1 V2^T (p - y) / (N sigma), written for row vectors; model[0] is the Normalize layer,
+    grad_x J = V1^T D1 V2^T (p - y) / sigma, written for row vectors, one row per image (the loss is summed
+    over the batch, so each image's gradient is its own); model[0] is the Normalize layer,
     model[2] and model[4] the two (hashed or dense) linear layers. Shape: (N, 1, 28, 28) -> (N, 1, 28, 28).
 
     Example:
@@ -57,7 +58,7 @@ def eq2_gradient(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
     u = normalize(images).flatten(1)                             # (N, I)
     z1 = u @ _matrix(first).T + first.bias                       # (N, H)
     z2 = z1.relu() @ _matrix(second).T + second.bias             # (N, K)
-    delta = (z2.softmax(1) - F.one_hot(labels, z2.shape[1]).to(z2)) / len(images)  # (p - y) / N, (N, K)
+    delta = z2.softmax(1) - F.one_hot(labels, z2.shape[1]).to(z2)  # p - y, (N, K)
     grad_hidden = (delta @ _matrix(second)) * (z1 > 0)           # D1 V2^T (p - y), (N, H)
     grad_u = grad_hidden @ _matrix(first)                        # V1^T ..., (N, I)
     return grad_u.view_as(images) / normalize.std                # 1/sigma of the normalisation layer
