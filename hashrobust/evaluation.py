@@ -298,8 +298,7 @@ def jsma_success(model: nn.Module, attack: JSMA, images: Tensor, labels: Tensor,
 # ----------------------------------------------------------------------------- the ensemble
 ENSEMBLES = {
     # AutoAttack's "standard" version (Croce & Hein 2020): APGD-CE 100 steps, APGD-T on 9 target classes
-    # x 100 steps, Square 5000 queries. FAB-T, AutoAttack's fourth attack, is not implemented here; it is
-    # the one AutoAttack's authors report as rarely adding anything after the APGDs.
+    # x 100 steps, Square 5000 queries. FAB-T, AutoAttack's fourth attack, is not implemented here.
     "standard": {"apgd_steps": 100, "targets": 9, "square_queries": 5000},
     # the course's budget: the same attacks, a fifth of the work, for notebooks and CI
     "course": {"apgd_steps": 50, "targets": 3, "square_queries": 1000},
