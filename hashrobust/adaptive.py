@@ -191,7 +191,7 @@ def evaluate_adaptive(dataset: str, n: int = 1000, n_cw: int = 100, jsma_images:
                 rows += _eps_curve(dataset, m, base, curve_set)
             rows += _resampled_rows(model, selection, test, eps, {"dataset": dataset, "variant": test.variant,
                                                                   "arch": arch, "ratio": ratio})
-    return rows
+    return [{key: row[key] for key in rows[0]} for row in rows]  # one column order, as adaptive.csv stores it
 
 
 def _worst_case_row(result: dict) -> dict:

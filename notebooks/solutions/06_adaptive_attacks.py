@@ -66,7 +66,7 @@ def fgsm_on_logits(model: nn.Module, images: Tensor, eps: float, temperature: fl
 
 
 # ----------------------------------------------------------------------------- exercise 3
-def robust_accuracy(model: nn.Module, attacks: list, images: Tensor, labels: Tensor) -> float:
+def worst_case_accuracy(model: nn.Module, attacks: list, images: Tensor, labels: Tensor) -> float:
     """The fraction of images that `model` classifies correctly, clean and after every attack of `attacks`.
 
     Each attack runs against the TRUE labels (the standard definition of robust accuracy) and crafts on
@@ -81,9 +81,9 @@ def robust_accuracy(model: nn.Module, attacks: list, images: Tensor, labels: Ten
     >>> test = hr.load_dataset("mnist", "test").subset(200)
     >>> attacks = [hr.FGSM(gi, eps=0.05), hr.FGSM(Temperature(gi, 1000.0), eps=0.05),
     ...            hr.PGD(model, eps=0.05, alpha=0.0125, steps=10, seed=0, loss="margin")]  # the last: transfer
-    >>> [round(robust_accuracy(gi, [a], test.images, test.labels), 3) for a in attacks]
+    >>> [round(worst_case_accuracy(gi, [a], test.images, test.labels), 3) for a in attacks]
     [0.925, 0.61, 0.625]
-    >>> round(robust_accuracy(gi, attacks, test.images, test.labels), 3)  # below the smallest of the three
+    >>> round(worst_case_accuracy(gi, attacks, test.images, test.labels), 3)  # below the smallest of the three
     0.58
     >>> hr.robust_accuracy(gi, test.images, test.labels, 0.05, attacks=[(str(a), a) for a in attacks])["robust_acc"]
     0.58
