@@ -4,7 +4,6 @@ Its `step`/`project` split follows MadryLab/robustness (attack_steps.py).
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_number
