@@ -13,10 +13,14 @@ from pathlib import Path
 os.environ.setdefault("HASHROBUST_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+import copy  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from hashrobust.data import ImageDataset, load_dataset  # noqa: E402
+from hashrobust.zoo import load_pretrained  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +57,40 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dense() -> nn.Module:
+    """The shipped dense MNIST mlp3 (784-1000-10); a test module may define its own `dense` instead."""
+    return load_pretrained("mnist", "mlp3", ratio=1)
+
+
+@pytest.fixture(scope="module")
+def masked(dense) -> nn.Module:
+    """mlp3 with its last Linear scaled by 1000: the same predictions, a saturated softmax."""
+    model = copy.deepcopy(dense)
+    with torch.no_grad():
+        model[-1].weight.mul_(1000)
+        model[-1].bias.mul_(1000)
+    return model
+
+
+class OneByOne(nn.Module):
+    """Runs the model on each image on its own, so that its float32 arithmetic cannot depend on the batch.
+
+    A matrix product over another batch size may round differently on another CPU (AVX2, AVX-512); tests of
+    an attack's own batch independence run on this wrapper.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.model(image[None]) for image in images])
+
+
+@pytest.fixture(scope="session")
+def one_by_one() -> type[OneByOne]:
+    """The OneByOne wrapper: `one_by_one(model)`."""
+    return OneByOne

@@ -36,21 +36,6 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def dense() -> nn.Module:
-    return load_pretrained("mnist", "mlp3", ratio=1)
-
-
-@pytest.fixture(scope="module")
-def masked(dense) -> nn.Module:
-    """mlp3 with its last Linear scaled by 1000: the same predictions, a saturated softmax."""
-    model = copy.deepcopy(dense)
-    with torch.no_grad():
-        model[-1].weight.mul_(1000)
-        model[-1].bias.mul_(1000)
-    return model
-
-
-@pytest.fixture(scope="module")
 def first500(mnist_test):
     return mnist_test.images[:500], mnist_test.labels[:500]
 
@@ -61,17 +46,6 @@ def ta():
     if os.environ.get("CI"):
         return importlib.import_module("torchattacks")
     return pytest.importorskip("torchattacks")
-
-
-class OneByOne(nn.Module):
-    """Runs the model on each image on its own, so that its float32 arithmetic cannot depend on the batch."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.model(image[None]) for image in images])
 
 
 class FirstLogits(nn.Module):
@@ -249,7 +223,7 @@ def test_each_run_draws_its_own_start(dense, tiny_images):
     lambda model: APGD(model, eps=1.0, norm="l2", steps=10, loss="dlr"),
     lambda model: APGDT(model, eps=0.07, steps=10, n_target_classes=2),
 ], ids=["APGD-CE-linf", "APGD-DLR-l2", "APGDT-linf"])
-def test_batch_independent(attack, dense, mnist_test):
+def test_batch_independent(attack, dense, mnist_test, one_by_one):
     """One batch of 37, batches of 5, one by one: the same adversarial images, the same successes.
 
     The model's own float32 arithmetic differs with the batch size (BLAS picks other kernels; mlp3's
@@ -262,11 +236,11 @@ def test_batch_independent(attack, dense, mnist_test):
     ones = torch.cat([attack(dense)(images[i:i + 1], labels[i:i + 1]) for i in range(37)])  # = on OneByOne(dense)
     success = fooled(dense, ones, labels)
     assert 5 <= success.sum() <= 32  # not saturated: the comparison means something
-    for model in (OneByOne(dense), dense):
+    for model in (one_by_one(dense), dense):
         run = attack(model)
         whole = run(images, labels)
         fives = torch.cat([run(images[i:i + 5], labels[i:i + 5]) for i in range(0, 37, 5)])
-        if isinstance(model, OneByOne):
+        if isinstance(model, one_by_one):
             assert torch.equal(fooled(dense, whole, labels), success)
             assert torch.equal(fooled(dense, fives, labels), success)
             torch.testing.assert_close(whole, ones, rtol=0, atol=1e-5)

@@ -7,7 +7,7 @@ batch of 37, in batches of 5 or alone gives the same adversarial image.
 The model's own float32 arithmetic is another matter: a matrix product over a different batch size may
 be blocked differently by the CPU's BLAS kernel (AVX2, AVX-512) and differ in the last bits (mlp3's
 logits by about 1e-5), which an iterative attack can amplify near a decision boundary. So the pixels are
-compared on `OneByOne(model)`, whose arithmetic is the same in any batch (what remains is the attack's
+compared on `one_by_one(model)` (tests/conftest.py), whose arithmetic is the same in any batch (what remains is the attack's
 own bookkeeping, equal to float32 rounding: atol 1e-5 on pixels in [0, 1]); the metrics are compared on
 the model itself, where an example whose outcome sits within rounding of a boundary may flip: at most
 one in a batch of 37 (or 2 in 300), far below the effect of the batch-mean bug this guards against.
@@ -41,17 +41,6 @@ ATTACKS = {
 PIXEL_TOL = 1e-5
 
 
-class OneByOne(torch.nn.Module):
-    """The model run on each image on its own: its arithmetic cannot depend on the batch."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images):
-        return torch.cat([self.model(image[None]) for image in images])
-
-
 def test_every_attack_of_the_package_is_covered():
     exported = {name for name in attacks_module.__all__ if isinstance(getattr(attacks_module, name), type)
                 and issubclass(getattr(attacks_module, name), attacks_module.Attack)} - {"Attack"}
@@ -77,9 +66,9 @@ def _assert_same(a, b):
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
-def test_one_batch_batches_of_five_and_one_by_one_agree(model, batch, name):
+def test_one_batch_batches_of_five_and_one_by_one_agree(model, batch, name, one_by_one):
     images, labels = batch
-    attack = ATTACKS[name](OneByOne(model))
+    attack = ATTACKS[name](one_by_one(model))
     whole = attack(images, labels)
     _assert_same(_in_chunks(attack, images, labels, 5), whole)
     _assert_same(_in_chunks(attack, images, labels, 1), whole)
@@ -104,15 +93,15 @@ def test_a_masking_defence_looks_no_stronger_on_bigger_batches(model, mnist_test
     assert abs(rows[0]["success"] - rows[2]["success"]) <= 2 / 300
 
 
-def test_the_ensemble_does_not_depend_on_the_batch_size(model, batch):
+def test_the_ensemble_does_not_depend_on_the_batch_size(model, batch, one_by_one):
     images, labels = batch
-    results = [robust_accuracy(OneByOne(model), images, labels, eps=0.1, preset="course", batch_size=size)
+    results = [robust_accuracy(one_by_one(model), images, labels, eps=0.1, preset="course", batch_size=size)
                for size in (37, 4)]
     assert torch.equal(results[0]["robust"], results[1]["robust"])
 
 
-def test_eot_of_a_deterministic_model_changes_nothing(model, batch):
+def test_eot_of_a_deterministic_model_changes_nothing(model, batch, one_by_one):
     images, labels = batch
-    single = OneByOne(model)
+    single = one_by_one(model)
     _assert_same(PGD(EOT(single, draws=3), eps=0.1, alpha=0.02, steps=5)(images, labels),
                  PGD(single, eps=0.1, alpha=0.02, steps=5)(images, labels))

@@ -21,25 +21,9 @@ from torch import nn
 
 from hashrobust.attacks import FGSM, Square, logit_margin, loss_gradient
 from hashrobust.attacks.square import p_schedule
-from hashrobust.zoo import load_pretrained
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def dense() -> nn.Module:
-    return load_pretrained("mnist", "mlp3", ratio=1)
-
-
-@pytest.fixture(scope="module")
-def masked(dense) -> nn.Module:
-    """mlp3 with its last Linear scaled by 1000: the same predictions, a saturated softmax."""
-    model = copy.deepcopy(dense)
-    with torch.no_grad():
-        model[-1].weight.mul_(1000)
-        model[-1].bias.mul_(1000)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -237,25 +221,14 @@ def test_as_strong_as_the_authors_algorithm_and_stronger_than_torchattacks(ta, d
     assert ours >= theirs - 0.02, (ours, theirs)
 
 
-class OneByOne(nn.Module):
-    """The model run on each image on its own: its float32 arithmetic cannot depend on the batch."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.model(image[None]) for image in images])
-
-
-def test_an_image_gets_the_same_adversarial_image_in_any_batch(dense, mnist_test):
+def test_an_image_gets_the_same_adversarial_image_in_any_batch(dense, mnist_test, one_by_one):
     """37 images in one batch, in batches of 5 and one by one: the same images and query counts, exactly.
 
     On OneByOne(dense): a matrix product over another batch size may round differently on another CPU,
     and Square's accept/reject compares margins; what is under test is the attack's own randomness.
     """
     images = mnist_test.images[:37]
-    attack = Square(OneByOne(dense), eps=0.3, queries=50, seed=0)
+    attack = Square(one_by_one(dense), eps=0.3, queries=50, seed=0)
     whole, queries = attack(images), attack.last_queries.clone()
     assert queries.min() < queries.max() == 50  # some examples stop early: the batches shrink differently
     fives = torch.cat([attack(images[i:i + 5]) for i in range(0, 37, 5)])
