@@ -14,6 +14,7 @@ os.environ.setdefault("HASHROBUST_DATA", str(Path(__file__).resolve().parents[2]
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import copy  # noqa: E402
+import importlib  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -94,3 +95,11 @@ class OneByOne(nn.Module):
 def one_by_one() -> type[OneByOne]:
     """The OneByOne wrapper: `one_by_one(model)`."""
     return OneByOne
+
+
+@pytest.fixture(scope="session")
+def ta():
+    """torchattacks, the peer; `make test` installs it, so CI (CI=true) fails rather than skips without it."""
+    if os.environ.get("CI"):
+        return importlib.import_module("torchattacks")
+    return pytest.importorskip("torchattacks")

@@ -11,8 +11,6 @@ exactly zero.
 from __future__ import annotations
 
 import copy
-import importlib
-import os
 import re
 
 import pytest
@@ -38,14 +36,6 @@ CASES = {
 @pytest.fixture(scope="module")
 def first500(mnist_test):
     return mnist_test.images[:500], mnist_test.labels[:500]
-
-
-@pytest.fixture(scope="module")
-def ta():
-    """torchattacks, the peer; `make test` installs it, so CI (CI=true) fails rather than skips without it."""
-    if os.environ.get("CI"):
-        return importlib.import_module("torchattacks")
-    return pytest.importorskip("torchattacks")
 
 
 class FirstLogits(nn.Module):

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import importlib
-import os
 import re
 from pathlib import Path
 
@@ -130,14 +128,6 @@ def test_repr_shows_the_constructor_arguments(dense):
 
 
 # ----------------------------------------------------------------------------- torchattacks as the oracle
-@pytest.fixture(scope="module")
-def ta():
-    """torchattacks, the peer; `make test` installs it, so CI (CI=true) fails rather than skips without it."""
-    if os.environ.get("CI"):
-        return importlib.import_module("torchattacks")
-    return pytest.importorskip("torchattacks")
-
-
 def test_fgsm_matches_torchattacks(ta, dense, first64):
     images, labels = first64
     ours = FGSM(dense, eps=0.3)(images, labels)

@@ -9,9 +9,7 @@ bad input) is also run for Square by tests/test_attacks.py, driven by __all__.
 from __future__ import annotations
 
 import copy
-import importlib
 import math
-import os
 import re
 
 import numpy as np
@@ -192,14 +190,6 @@ def reference_square(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
         better = new_margin < best_margin[rows]
         best[rows[better]], best_margin[rows[better]] = candidates[better], new_margin[better]
     return torch.from_numpy(best)
-
-
-@pytest.fixture(scope="module")
-def ta():
-    """torchattacks, the peer; `make test` installs it, so CI (CI=true) fails rather than skips without it."""
-    if os.environ.get("CI"):
-        return importlib.import_module("torchattacks")
-    return pytest.importorskip("torchattacks")
 
 
 def test_as_strong_as_the_authors_algorithm_and_stronger_than_torchattacks(ta, dense, mnist_test):
