@@ -176,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dataset", choices=["mnist", "cifar10"], required=True)
         p.add_argument("--n", type=int, default=1000, help="the first n test images (default 1000)")
         p.add_argument("--jsma-images", type=int, default=10,
-                       help="JSMA on the first k test images x 9 targets (default 10, the protocol's; a JSMA "
-                            "iteration scores all D x D pixel pairs, D = 3072 on CIFAR-10: minutes per model)")
+                       help="JSMA on the first k test images x 9 targets (default 10, the protocol's; "
+                            "seconds per model with the exact skyband pair search)")
         if name == "adaptive":
             p.add_argument("--n-cw", type=int, default=100,
                            help="C&W L2 (9 binary-search steps, up to 1000 Adam steps each) on the first k test "

@@ -12,34 +12,88 @@ from .._validation import check_choice
 from .base import Attack, _check_positive, changed_fraction
 
 
-def _best_pairs(grad_target: Tensor, grad_other: Tensor, domain: Tensor, chunk: int = 16) -> tuple[Tensor, ...]:
-    """JSMA's saliency map for increasing features (Papernot et al. eq. 10), maximised over pairs.
+def _pair_search(alpha_terms: Tensor, beta_terms: Tensor, chunk_elements: int = 1 << 24) -> tuple[Tensor, ...]:
+    """The exhaustive pair search: score every pair (p, q), p != q, and keep the best one per row.
 
-    For features p != q both in the search domain: alpha = dt_p + dt_q (target), beta = do_p + do_q
-    (sum of the other classes); a pair counts only if alpha > 0 and beta < 0, its saliency is
-    alpha * |beta|. Inputs (M, D); returns p, q (M,) and `found` (M,), False where no pair counts.
-    The (D, D) maps are built `chunk` examples at a time (D = 784: 16 x 2.5 MB per map).
+    Inputs (M, K): a_p (the target's gradient, -inf where a feature may not be chosen) and c_p = -b_p
+    (minus the other classes' gradient). Saliency = max(a_p + a_q, 0) * max(c_p + c_q, 0), which is
+    Papernot et al.'s alpha * |beta| where alpha > 0 and beta < 0, else 0. Returns the column indices
+    p, q (M,), the best saliency (M,) and `found` (M,), False where no pair scores above 0. The (K, K)
+    maps are built a few rows at a time so that no chunk holds more than `chunk_elements` floats.
     """
-    p, q, found = [], [], []
-    d = grad_target.shape[1]
-    for g_t, g_o, dom in zip(grad_target.split(chunk), grad_other.split(chunk), domain.split(chunk)):
-        g_t = g_t.masked_fill(~dom, float("-inf"))  # a pair with a feature outside the domain gets alpha < 0
-        alpha = (g_t[:, :, None] + g_t[:, None, :]).clamp_(min=0)  # (n, D, D) alpha where > 0, else 0
-        minus_beta = (g_o[:, :, None] + g_o[:, None, :]).neg_().clamp_(min=0)  # (n, D, D) |beta| where < 0
-        saliency = alpha.mul_(minus_beta)  # alpha * |beta| for the pairs that count, else 0
+    k = alpha_terms.shape[1]
+    rows = max(1, chunk_elements // max(k * k, 1))
+    p, q, best = [], [], []
+    for a, c in zip(alpha_terms.split(rows), beta_terms.split(rows)):
+        alpha = (a[:, :, None] + a[:, None, :]).clamp_(min=0)  # (n, K, K)
+        minus_beta = (c[:, :, None] + c[:, None, :]).clamp_(min=0)
+        saliency = alpha.mul_(minus_beta)
         saliency.diagonal(dim1=1, dim2=2).zero_()  # p != q
-        best, index = saliency.flatten(1).max(1)  # (n,)
-        p.append(index // d)
-        q.append(index % d)
-        found.append(best > 0)
-    return torch.cat(p), torch.cat(q), torch.cat(found)
+        value, index = saliency.flatten(1).max(1)
+        p.append(index // k)
+        q.append(index % k)
+        best.append(value)
+    best = torch.cat(best)
+    return torch.cat(p), torch.cat(q), best, best > 0
+
+
+def _skyband(a: Tensor, c: Tensor) -> Tensor:
+    """(M, D) bool: the points (a_p, c_p) dominated by at most one other point (the "2-skyband").
+
+    Points are ranked by a, largest first (ties by index); q is dominated by every point ranked
+    before it whose c is at least c_q, since such a point has a and c both at least as large.
+    q is in the band iff c_q exceeds the second-largest c ranked before it. The largest c so far is
+    one cumulative max; the second-largest is the cumulative max of min(c_j, largest before j).
+    Points with a = -inf (outside the domain) rank last and so dominate no one.
+    """
+    order = a.argsort(dim=1, descending=True, stable=True)
+    c_ranked = c.gather(1, order)
+    lowest = c_ranked.new_full((len(c), 1), float("-inf"))
+    largest_before = torch.cat([lowest, c_ranked.cummax(1).values[:, :-1]], 1)
+    second_upto = torch.minimum(c_ranked, largest_before).cummax(1).values
+    second_before = torch.cat([lowest, second_upto[:, :-1]], 1)
+    return torch.zeros_like(order, dtype=torch.bool).scatter_(1, order, c_ranked > second_before)
+
+
+def _best_pairs(grad_target: Tensor, grad_other: Tensor, domain: Tensor) -> tuple[Tensor, ...]:
+    """JSMA's saliency map for increasing features (Papernot et al. 2016, eq. 10), maximised over pairs.
+
+    For features p != q both in the search domain: alpha = a_p + a_q (a: the target's gradient),
+    beta = b_p + b_q (b: the sum of the other classes' gradients); a pair counts only if alpha > 0
+    and beta < 0, and its saliency is alpha * |beta| = (a_p + a_q)(c_p + c_q) with c = -b.
+
+    Exact in O(D log D) instead of scoring all D x D pairs: the saliency grows with both a_q and
+    c_q, so if two other points both dominate q (a and c at least as large), q can be swapped for
+    the one that is not p without lowering the saliency (float rounding is monotone, so this holds
+    bit for bit). Hence a best pair lies in the 2-skyband (`_skyband`), typically tens of points,
+    and the exhaustive search (`_pair_search`) runs over the band alone. The saliency returned is
+    the same as the D x D search's (`_best_pairs_exhaustive`); with ties the pair may differ.
+
+    Inputs (M, D); returns p, q (M,) feature indices and `found` (M,), False where no pair counts.
+    """
+    a = grad_target.masked_fill(~domain, float("-inf"))  # a feature outside the domain: alpha < 0
+    c = grad_other.neg().masked_fill(~domain, float("-inf"))
+    band = _skyband(a, c)
+    k = max(int(band.sum(1).max()), 2) if len(band) else 2
+    columns = band.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :k]  # band first
+    outside = ~band.gather(1, columns)
+    p, q, _, found = _pair_search(a.gather(1, columns).masked_fill(outside, float("-inf")),
+                                  c.gather(1, columns).masked_fill(outside, float("-inf")))
+    return columns.gather(1, p[:, None]).squeeze(1), columns.gather(1, q[:, None]).squeeze(1), found
+
+
+def _best_pairs_exhaustive(grad_target: Tensor, grad_other: Tensor, domain: Tensor) -> tuple[Tensor, ...]:
+    """The reference for `_best_pairs`: all D x D pairs scored (cleverhans v2's jsma_symbolic), O(D^2)."""
+    a = grad_target.masked_fill(~domain, float("-inf"))
+    p, q, _, found = _pair_search(a, grad_other.neg())
+    return p, q, found
 
 
 class JSMA(Attack):
     """Jacobian-based Saliency Map Attack (targeted, L0): raise the pair of pixels that most favour the target.
 
     Each iteration takes the Jacobian of the class scores, picks the pair (p, q) of the search domain
-    with the largest saliency (see `_best_pairs`), adds theta to both (clipped to 1) and removes a
+    with the largest saliency (see `_best_pairs`: exact, in O(D log D)), adds theta to both (clipped to 1) and removes a
     feature from the domain once it saturates at 1. An example stops when the model predicts its
     target, when no pair qualifies or after floor(gamma * D / 2) iterations. Batched over examples.
     After a call, `last_changed_fraction` (N,) holds the fraction of features each example changed.
@@ -81,17 +135,22 @@ class JSMA(Attack):
         domain = adv < 1  # (N, D): features that can still increase
         active = torch.ones(len(adv), dtype=torch.bool, device=adv.device)
         for _ in range(int(self.gamma * adv.shape[1] / 2)):
-            x = adv.clone().requires_grad_(True)
-            scores = self.model(x.view_as(images))  # (N, K)
-            scores = scores.softmax(1) if self.jacobian == "probs" else scores
-            active &= (scores.argmax(1) != target_labels) & (domain.sum(1) >= 2)
-            if not active.any():
+            rows = active.nonzero().squeeze(1)  # only the examples still running cost a Jacobian
+            if len(rows) == 0:
                 break
-            target = F.one_hot(target_labels, scores.shape[1]).bool()  # (N, K)
-            (grad_target,) = torch.autograd.grad(scores[target].sum(), x, retain_graph=True)  # (N, D)
-            (grad_other,) = torch.autograd.grad(scores[~target].sum(), x)  # (N, D)
-            rows = active.nonzero().squeeze(1)
-            p, q, found = _best_pairs(grad_target[rows], grad_other[rows], domain[rows])
+            x = adv[rows].requires_grad_(True)
+            scores = self.model(x.view(len(rows), *images.shape[1:]))  # (n, K)
+            scores = scores.softmax(1) if self.jacobian == "probs" else scores
+            targets = target_labels[rows]
+            running = (scores.argmax(1) != targets) & (domain[rows].sum(1) >= 2)
+            active[rows[~running]] = False
+            if not running.any():
+                break
+            target = F.one_hot(targets, scores.shape[1]).bool()  # (n, K)
+            (grad_target,) = torch.autograd.grad(scores[target].sum(), x, retain_graph=True)  # (n, D)
+            (grad_other,) = torch.autograd.grad(scores[~target].sum(), x)  # (n, D)
+            rows, grad_target, grad_other = rows[running], grad_target[running], grad_other[running]
+            p, q, found = _best_pairs(grad_target, grad_other, domain[rows])
             active[rows[~found]] = False
             rows, p, q = rows[found], p[found], q[found]
             for feature in (p, q):
