@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 CKPT := data/checkpoints
 TRAIN := $(BIN)/hashrobust train
+# `make results-cifar10 DEVICE=cuda` runs the experiments on a GPU (the default and CI: the CPU)
+DEVICE ?= cpu
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: install test lab notebooks browser-test zoo zoo-mnist zoo-cifar benchmark results-mnist results-cifar10 clean
@@ -38,18 +40,19 @@ benchmark: install
 	$(BIN)/python benchmarks/hashed_layer.py
 	$(BIN)/python benchmarks/attacks.py
 	$(BIN)/python benchmarks/widgets.py
+	$(BIN)/python benchmarks/jsma.py
 
 # The experiments behind results/<dataset>/ (need the data: set HASHROBUST_DATA).
 # MNIST: about 40 minutes on 2 CPU cores (LeNet dominates); CIFAR-10 (fewer images, as its reports say): about 35.
 results-mnist: install
-	$(BIN)/hashrobust analyze --dataset mnist --archs lenet mlp3
-	$(BIN)/hashrobust reproduce --dataset mnist
-	$(BIN)/hashrobust adaptive --dataset mnist
+	$(BIN)/hashrobust analyze --dataset mnist --archs lenet mlp3 --device $(DEVICE)
+	$(BIN)/hashrobust reproduce --dataset mnist --device $(DEVICE)
+	$(BIN)/hashrobust adaptive --dataset mnist --device $(DEVICE)
 
 results-cifar10: install
-	$(BIN)/hashrobust analyze --dataset cifar10 --n 200
-	$(BIN)/hashrobust reproduce --dataset cifar10 --n 500 --jsma-images 2
-	$(BIN)/hashrobust adaptive --dataset cifar10 --n 200 --n-cw 50 --jsma-images 2
+	$(BIN)/hashrobust analyze --dataset cifar10 --n 500 --device $(DEVICE)
+	$(BIN)/hashrobust reproduce --dataset cifar10 --device $(DEVICE)
+	$(BIN)/hashrobust adaptive --dataset cifar10 --n 200 --n-cw 50 --device $(DEVICE)
 
 # Rebuild the pretrained zoo (needs the data: set HASHROBUST_DATA). MNIST: a few minutes
 # on 2 CPU cores; CIFAR-10: about 40 minutes on 2 CPU cores.

@@ -8,6 +8,8 @@ import math
 from collections.abc import Iterable
 from numbers import Integral, Real
 
+import torch
+
 
 def check_number(value: object, name: str, owner: str, *, low: float | None = None,
                  high: float | None = None, integer: bool = False) -> float | int:
@@ -33,3 +35,39 @@ def check_choice(value: object, name: str, choices: Iterable[str]) -> str:
     if value not in choices:
         raise ValueError(f"Unknown {name} {value!r}; choose one of: {', '.join(choices)}.")
     return value  # type: ignore[return-value]
+
+
+DEVICE_FORMS = "'cpu', 'cuda' or 'cuda:<index>' (e.g. 'cuda:1')"
+
+
+def check_device(value: object, owner: str, name: str = "device") -> torch.device:
+    """Return `value` as a torch.device if it is the CPU or a CUDA device this machine has; else raise ValueError.
+
+    Args:
+        value: e.g. "cpu", "cuda", "cuda:1" or a torch.device.
+        owner: who asks, as the message names it (a function, or "hashrobust analyze").
+        name: the parameter, as the user spelled it ("device", "--device").
+
+    Example message:
+
+        The 'device' parameter of run_analysis asks for 'cuda', but this machine has no CUDA device
+        (torch.cuda.is_available() is False); use 'cpu'.
+    """
+    malformed = ValueError(f"The '{name}' parameter of {owner} must be {DEVICE_FORMS}. Got {value!r} instead.")
+    if not isinstance(value, (str, torch.device)):
+        raise malformed
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError) as error:
+        raise malformed from error
+    if device.type not in ("cpu", "cuda"):
+        raise malformed
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"The '{name}' parameter of {owner} asks for {str(value)!r}, but this machine has no "
+                             "CUDA device (torch.cuda.is_available() is False); use 'cpu'.")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"The '{name}' parameter of {owner} asks for {str(value)!r}, but the CUDA devices of "
+                             f"this machine are {', '.join(f'cuda:{i}' for i in range(count))}.")
+    return device

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ._validation import check_device
 from .attacks import APGD, APGDT, CW, EOT, FGSM, JSMA, PGD, Attack, Square
 from .data import load_dataset
 from .defenses import GradientMaskingWarning, choose_strength, gradient_inhibition, inhibition_report
@@ -140,7 +141,7 @@ def _unbounded(m: nn.Module, test, jsma_images: int, n_cw: int) -> list[dict]:
     images = test.images[:n_cw]
     adv = CW(m)(images)
     changed = predict(m, adv) != predict(m, images)
-    l2 = (adv - images).flatten(1).norm(dim=1)[changed]
+    l2 = (adv - images).flatten(1).norm(dim=1).cpu()[changed]
     low, high = wilson_interval(int(changed.sum()), n_cw)
     rows.append({"attack": "C&W L2 (9 binary-search steps)", "bounded": False, "n": n_cw,
                  "success": changed.float().mean().item(), "success_low": low, "success_high": high, **empty,
@@ -160,23 +161,35 @@ def _eps_curve(dataset: str, m: nn.Module, base: dict, test) -> list[dict]:
 
 
 def evaluate_adaptive(dataset: str, n: int = 1000, n_cw: int = 100, jsma_images: int = 10,
-                      models: list[tuple[str, float]] | None = None, n_curve: int | None = None) -> list[dict]:
+                      models: list[tuple[str, float]] | None = None, n_curve: int | None = None,
+                      device: str | torch.device = "cpu") -> list[dict]:
     """Attack each model undefended, with GI, and with the randomised GI; one row per (model, defence, attack).
 
     Rows of attack "PGD-40, margin (eps curve)" carry their own eps (on the first `n_curve` images,
     default n); every other bounded row is at ATTACK_EPS[dataset]. The randomised GI ("GI, resampled":
     the uniform variant, U redrawn at every forward, strength by the same rule) is attacked by PGD-40
     (CE and margin) directly and through EOT over 10 draws.
+
+    Args:
+        dataset: "mnist" or "cifar10".
+        n: the first n test images for the bounded attacks.
+        n_cw: C&W L2 on the first k test images.
+        jsma_images: JSMA-F and JSMA-Z on the first k test images x their 9 other classes.
+        models: [(arch, ratio)] of the zoo (default MODELS[dataset]).
+        n_curve: the first k test images for the eps curve (default n).
+        device: torch device for the models and images, e.g. "cpu", "cuda", "cuda:1" (checked first:
+            `_validation.check_device`). The rows hold plain numbers whatever the device.
     """
+    device = check_device(device, "evaluate_adaptive")
     eps = ATTACK_EPS[dataset]
-    test = load_dataset(dataset, "test").subset(n)
+    test = load_dataset(dataset, "test").subset(n).to(device)
     curve_set = test.subset(n_curve or n)
-    selection = load_dataset(dataset, "train").subset(SELECTION)
+    selection = load_dataset(dataset, "train").subset(SELECTION).to(device)
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GradientMaskingWarning)  # expected: GI masks gradients
         for arch, ratio in tqdm(models or MODELS[dataset], desc=f"adaptive {dataset}", unit="model"):
-            model = load_pretrained(dataset, arch, ratio)
+            model = load_pretrained(dataset, arch, ratio, device=device)
             defended, strength, _ = defend_by_rule(model, selection)
             for defence, m in (("none", model), ("GI", defended)):
                 base = {"dataset": dataset, "variant": test.variant, "arch": arch, "ratio": ratio,

@@ -19,9 +19,10 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from matplotlib.figure import Figure
 
-from ._validation import check_choice
+from ._validation import check_choice, check_device
 from .attacks import BIM, FGSM, PGD
 from .data import load_dataset
 from .evaluation import paired_difference, sweep, unpack_outcomes, verdict
@@ -41,7 +42,8 @@ EPS_GRID = {
     "cifar10": [1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255],
 }
 def run_analysis(dataset: str, n: int = 1000, archs: Sequence[str] | None = None,
-                 eps_values: Sequence[float] | None = None, attacks: dict | None = None) -> list[dict]:
+                 eps_values: Sequence[float] | None = None, attacks: dict | None = None,
+                 device: str | torch.device = "cpu") -> list[dict]:
     """Sweep the zoo's models of `dataset` (every shipped ratio) with FGSM/BIM/PGD, white-box and transfer.
 
     Args:
@@ -50,14 +52,17 @@ def run_analysis(dataset: str, n: int = 1000, archs: Sequence[str] | None = None
         archs: which architectures of the zoo (default: all shipped for `dataset`).
         eps_values: default EPS_GRID[dataset].
         attacks: default ATTACKS.
+        device: torch device for the models and images, e.g. "cpu", "cuda", "cuda:1" (checked first:
+            `_validation.check_device`). The rows hold plain numbers whatever the device.
 
     Returns:
         evaluation.sweep's rows, with twin_ratio=1 (transfer between each hashed model and its dense twin).
     """
+    device = check_device(device, "run_analysis")
     entries = [e for e in read_manifest().values() if e["dataset"] == dataset and (archs is None or e["arch"] in archs)]
-    models = {(e["arch"], e["ratio"]): load_pretrained(dataset, e["arch"], e["ratio"])
+    models = {(e["arch"], e["ratio"]): load_pretrained(dataset, e["arch"], e["ratio"], device=device)
               for e in sorted(entries, key=lambda e: (e["arch"], e["ratio"]))}
-    data = load_dataset(dataset, "test").subset(n)
+    data = load_dataset(dataset, "test").subset(n).to(device)
     return sweep(models, attacks or ATTACKS, eps_values or EPS_GRID[dataset], data, twin_ratio=1)
 
 

@@ -7,6 +7,7 @@
     hashrobust analyze --dataset mnist --n 1000   # the multi-factor analysis -> results/mnist/
     hashrobust reproduce --dataset mnist          # the paper's headline, with and without GI
     hashrobust adaptive --dataset mnist           # GI against attacks that adapt to it
+    hashrobust analyze --dataset mnist --device cuda   # on a GPU (analyze, reproduce, adaptive; default cpu)
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from ._validation import check_device
 from .data import load_dataset
 from .layers import compress, count_parameters
 from .models import ARCHS, DATASET_OF_ARCH, build_model
@@ -93,13 +95,21 @@ def _zoo(args: argparse.Namespace) -> int:
 
 
 DEFAULT_ANALYSIS_ARCHS = {"mnist": ["mlp3"], "cifar10": ["cifar_cnn"]}
+DEVICE_HELP = "torch device for the models and images, e.g. cpu, cuda, cuda:1 (default: cpu)"
+
+
+def _device(args: argparse.Namespace) -> torch.device:
+    """--device, checked before any data or model is loaded."""
+    return check_device(args.device, f"hashrobust {args.command}", "--device")
 
 
 def _analyze(args: argparse.Namespace) -> int:
     from .analysis import run_analysis, write_analysis  # imports the attacks only when asked for
 
     start = time.perf_counter()
-    rows = run_analysis(args.dataset, n=args.n, archs=args.archs or DEFAULT_ANALYSIS_ARCHS[args.dataset])
+    device = _device(args)
+    rows = run_analysis(args.dataset, n=args.n, archs=args.archs or DEFAULT_ANALYSIS_ARCHS[args.dataset],
+                        device=device)
     out_dir = Path(args.out or f"results/{args.dataset}")
     command = "hashrobust " + " ".join(shlex.quote(a) for a in args.argv)
     for path in write_analysis(rows, out_dir, command):
@@ -112,7 +122,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     from .reproduction import PAPER_AVERAGE, average_success, reproduce, write_reproduction
 
     start = time.perf_counter()
-    cells, curves = reproduce(args.dataset, n=args.n, jsma_images=args.jsma_images)
+    device = _device(args)
+    cells, curves = reproduce(args.dataset, n=args.n, jsma_images=args.jsma_images, device=device)
     out_dir = Path(args.out or f"results/{args.dataset}")
     for path in write_reproduction(cells, curves, out_dir, "hashrobust " + " ".join(map(shlex.quote, args.argv))):
         print(f"wrote {path}")
@@ -127,7 +138,8 @@ def _adaptive(args: argparse.Namespace) -> int:
     from .adaptive import evaluate_adaptive, write_adaptive
 
     start = time.perf_counter()
-    rows = evaluate_adaptive(args.dataset, n=args.n, n_cw=args.n_cw, jsma_images=args.jsma_images)
+    device = _device(args)
+    rows = evaluate_adaptive(args.dataset, n=args.n, n_cw=args.n_cw, jsma_images=args.jsma_images, device=device)
     out_dir = Path(args.out or f"results/{args.dataset}")
     for path in write_adaptive(rows, out_dir, "hashrobust " + " ".join(map(shlex.quote, args.argv))):
         print(f"wrote {path}")
@@ -167,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--archs", nargs="+", choices=sorted(ARCHS), default=None,
                    help="zoo architectures (default: mlp3 on MNIST, the one shipped at every ratio 1..64, "
                         "about 4 minutes on 2 CPU cores; adding lenet takes about 20 minutes more)")
+    a.add_argument("--device", default="cpu", help=DEVICE_HELP)
     a.add_argument("--out", default=None, help="output folder (default results/<dataset>)")
     a.set_defaults(func=_analyze)
 
@@ -182,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--n-cw", type=int, default=100,
                            help="C&W L2 (9 binary-search steps, up to 1000 Adam steps each) on the first k test "
                                 "images (default 100; about 1 s per image for lenet, 2 s for cifar_cnn)")
+        p.add_argument("--device", default="cpu", help=DEVICE_HELP)
         p.add_argument("--out", default=None, help="output folder (default results/<dataset>)")
         p.set_defaults(func=func)
     return parser

@@ -58,6 +58,10 @@ class ImageDataset(Dataset):
         """The first n examples (a fixed, reproducible evaluation subset)."""
         return ImageDataset(self.images[:n], self.labels[:n], self.name, self.split, self.variant)
 
+    def to(self, device: torch.device | str) -> ImageDataset:
+        """The same examples with images and labels on `device` (the tensors themselves where they already are)."""
+        return ImageDataset(self.images.to(device), self.labels.to(device), self.name, self.split, self.variant)
+
     @property
     def description(self) -> str:
         """E.g. 'CIFAR-10 test (jpeg-q75 stand-in)': what every figure and table names."""

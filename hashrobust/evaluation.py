@@ -275,12 +275,15 @@ def transfer(source_model: nn.Module, target_model: nn.Module, attack: Attack, i
 def jsma_success(model: nn.Module, attack: JSMA, images: Tensor, labels: Tensor, batch_size: int = 90) -> dict:
     """JSMA success over every (image, target) pair with target != true label.
 
+    The images go where `attack.model` is; the labels may be on any device (pairs are scored on the CPU).
+
     Paper: Papernot et al. 2016 (JSMA); Liu et al. Sec. 5 (10 images x 9 targets).
 
     Returns:
         {"n": pairs, "success": fraction of pairs whose prediction is the target, with its Wilson
          interval ("success_low", "success_high"), "changed_pixels": mean fraction of input features changed}.
     """
+    labels = labels.cpu()
     with torch.no_grad():
         classes = torch.arange(model(images[:1].to(next(model.parameters()).device)).shape[1])
     pairs_images, targets = [], []

@@ -25,10 +25,12 @@ import warnings
 from pathlib import Path
 
 import matplotlib
+import torch
 from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._validation import check_device
 from .attacks import BIM, FGSM, JSMA
 from .data import ImageDataset, load_dataset
 from .defenses import GradientMaskingWarning, choose_strength, gradient_inhibition, inhibition_report
@@ -56,8 +58,18 @@ def defend_by_rule(model: nn.Module, selection: ImageDataset, variant: str = "co
 
 
 def reproduce(dataset: str, n: int = 1000, jsma_images: int = 10, variant: str = "constant",
-              target: float = 0.9, models: list[tuple[str, float]] | None = None) -> tuple[list[dict], list[dict]]:
+              target: float = 0.9, models: list[tuple[str, float]] | None = None,
+              device: str | torch.device = "cpu") -> tuple[list[dict], list[dict]]:
     """Run the protocol on every shipped model of `dataset` (or on `models`, a list of (arch, ratio)).
+
+    Args:
+        dataset: "mnist" or "cifar10".
+        n: the first n test images.
+        jsma_images: JSMA-F on the first k test images x their 9 other classes.
+        variant, target: the GI variant and the zero-gradient fraction its strength rule aims at.
+        models: [(arch, ratio)] of the zoo (default: every shipped model of `dataset`).
+        device: torch device for the models and images, e.g. "cpu", "cuda", "cuda:1" (checked first:
+            `_validation.check_device`). The cells and curves hold plain numbers whatever the device.
 
     Returns:
         (cells, curves): one cell per (model, defence, attack) with success,
@@ -66,17 +78,18 @@ def reproduce(dataset: str, n: int = 1000, jsma_images: int = 10, variant: str =
         clean accuracy on the strength-selection images, FGSM success on the
         first `n` test images).
     """
+    device = check_device(device, "reproduce")
     eps = ATTACK_EPS[dataset]
     attacks = {"FGSM": lambda m: FGSM(m, eps=eps), "BIM": lambda m: BIM(m, eps=eps, alpha=eps / 10, steps=40)}
-    test = load_dataset(dataset, "test").subset(n)
-    selection = load_dataset(dataset, "train").subset(SELECTION)
+    test = load_dataset(dataset, "test").subset(n).to(device)
+    selection = load_dataset(dataset, "train").subset(SELECTION).to(device)
     entries = sorted((e for e in read_manifest().values() if e["dataset"] == dataset
                       and (models is None or (e["arch"], e["ratio"]) in models)), key=lambda e: (e["arch"], e["ratio"]))
     cells, curves = [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GradientMaskingWarning)  # expected here: it is what GI does
         for entry in tqdm(entries, desc=f"reproduce {dataset}", unit="model"):
-            model = load_pretrained(dataset, entry["arch"], entry["ratio"])
+            model = load_pretrained(dataset, entry["arch"], entry["ratio"], device=device)
             defended, strength, curve = defend_by_rule(model, selection, variant, target)
             for point in curve:
                 masked = gradient_inhibition(model, eps=point["eps"], variant=variant, seed=0)

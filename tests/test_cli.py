@@ -1,7 +1,8 @@
-"""Tests for hashrobust.cli: `hashrobust train` and `hashrobust zoo` on 512-image subsets, in tmp_path."""
+"""Tests for hashrobust.cli: `hashrobust train` and `hashrobust zoo` on 512-image subsets, in tmp_path; --device."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 import hashrobust.cli
 from hashrobust import __version__
@@ -147,3 +148,56 @@ def test_analyze_writes_the_report_for_the_default_arch(tmp_path, capsys):
     assert "--dataset mnist --n 20" in text and (tmp_path / "heatmap_mlp3_whitebox.png").is_file()
     rows = (tmp_path / "analysis.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 * 6 * (7 + 12)  # header + attacks x eps x (7 white-box + 6 + 6 transfer) cells
+
+
+EXPERIMENTS = {"analyze": ("hashrobust.analysis", "run_analysis"), "reproduce": ("hashrobust.reproduction", "reproduce"),
+               "adaptive": ("hashrobust.adaptive", "evaluate_adaptive")}
+
+
+@pytest.mark.parametrize("command", sorted(EXPERIMENTS))
+def test_device_cuda_without_cuda_is_a_clear_error(command, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a machine with CUDA
+    argv = [command, "--dataset", "mnist", "--n", "4", "--device", "cuda", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"hashrobust: error: The '--device' parameter of hashrobust {command} asks for 'cuda', but this machine "
+        "has no CUDA device (torch.cuda.is_available() is False); use 'cpu'.\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", sorted(EXPERIMENTS))
+def test_device_gpu_is_a_malformed_device(command, tmp_path, capsys):
+    assert main([command, "--dataset", "mnist", "--n", "4", "--device", "gpu", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"hashrobust: error: The '--device' parameter of hashrobust {command} must be 'cpu', 'cuda' or "
+        "'cuda:<index>' (e.g. 'cuda:1'). Got 'gpu' instead.\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", sorted(EXPERIMENTS))
+@pytest.mark.parametrize("option, expected", [([], torch.device("cpu")), (["--device", "cpu"], torch.device("cpu")),
+                                              (["--device", "cuda:0"], torch.device("cuda", 0))])
+def test_device_reaches_the_experiment(command, option, expected, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # checked, never used: the experiment is stubbed
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    seen = []
+
+    def experiment(dataset, **kwargs):
+        seen.append(kwargs["device"])
+        raise ValueError("stubbed experiment")
+
+    module, function = EXPERIMENTS[command]
+    monkeypatch.setattr(f"{module}.{function}", experiment)
+    assert main([command, "--dataset", "mnist", "--n", "4", *option]) == 2
+    assert "stubbed experiment" in capsys.readouterr().err
+    assert seen == [expected]
+
+
+@pytest.mark.parametrize("command", sorted(EXPERIMENTS))
+def test_device_is_in_the_help(command, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        main([command, "--help"])
+    assert excinfo.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--device DEVICE torch device for the models and images, e.g. cpu, cuda, cuda:1 (default: cpu)" \
+        in help_text
