@@ -43,7 +43,8 @@ benchmark: install
 	$(BIN)/python benchmarks/jsma.py
 
 # The experiments behind results/<dataset>/ (need the data: set HASHROBUST_DATA).
-# MNIST: about 40 minutes on 2 CPU cores (LeNet dominates); CIFAR-10 (fewer images, as its reports say): about 35.
+# MNIST: about 2 hours on 2 CPU cores (LeNet and the adaptive study dominate); CIFAR-10 (500 and 200 images
+# for analysis and adaptive, as their reports say): about 33 + 34 + 91 minutes, measured beside other runs.
 results-mnist: install
 	$(BIN)/hashrobust analyze --dataset mnist --archs lenet mlp3 --device $(DEVICE)
 	$(BIN)/hashrobust reproduce --dataset mnist --device $(DEVICE)

@@ -90,7 +90,7 @@ def test_reproduction_and_strength_figures_from_the_committed_results():
     assert len(fig.axes[0].lines) == 2 * len(models) + 1  # a curve and its chosen point per model, the target
 
 
-@pytest.mark.parametrize("dataset", ["mnist"])  # results/cifar10/adaptive.csv predates these rows: rerun pending
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
 def test_adaptive_summaries_match_the_committed_report(dataset):
     from hashrobust.adaptive import checklist_markdown, defaults_table, success_by_attack, worst_case_by_model
     from hashrobust.reports import RESULTS, read_results
