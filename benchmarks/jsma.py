@@ -25,7 +25,6 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
@@ -48,9 +47,7 @@ def gradients(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, jac
     x = images.flatten(1).clone().requires_grad_(True)
     scores = model(x.view_as(images))
     scores = scores.softmax(1) if jacobian == "probs" else scores
-    target = F.one_hot(targets, scores.shape[1]).bool()
-    (grad_target,) = torch.autograd.grad(scores[target].sum(), x, retain_graph=True)
-    (grad_other,) = torch.autograd.grad(scores[~target].sum(), x)
+    grad_target, grad_other = jsma_module._score_gradients(scores, x, targets)
     return grad_target, grad_other, x.detach() < 1
 
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hashrobust.attacks import JSMA
 from hashrobust.attacks import jsma as jsma_module
-from hashrobust.attacks.jsma import _best_pairs, _best_pairs_exhaustive, _skyband
+from hashrobust.attacks.jsma import _best_pairs, _best_pairs_exhaustive, _score_gradients, _skyband
 from hashrobust.zoo import load_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -100,9 +99,7 @@ def real_gradients(model, images, jacobian):
     x = images.flatten(1).clone().requires_grad_(True)
     scores = model(x.view_as(images))
     scores = scores.softmax(1) if jacobian == "probs" else scores
-    target = F.one_hot(targets, 10).bool()
-    (grad_target,) = torch.autograd.grad(scores[target].sum(), x, retain_graph=True)
-    (grad_other,) = torch.autograd.grad(scores[~target].sum(), x)
+    grad_target, grad_other = _score_gradients(scores, x, targets)
     return grad_target, grad_other, x.detach() < 1
 
 

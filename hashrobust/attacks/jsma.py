@@ -89,6 +89,18 @@ def _best_pairs_exhaustive(grad_target: Tensor, grad_other: Tensor, domain: Tens
     return p, q, found
 
 
+def _score_gradients(scores: Tensor, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """The two rows of the Jacobian JSMA needs (Papernot et al. eq. 8): d scores[target] / dx and d sum(others) / dx.
+
+    scores (n, K) computed from x (n, D) (probabilities for JSMA-F, logits for JSMA-Z); returns
+    grad_target, grad_other (n, D), each example's gradient from its own row (the rows are independent).
+    """
+    target = F.one_hot(targets, scores.shape[1]).bool()  # (n, K)
+    (grad_target,) = torch.autograd.grad(scores[target].sum(), x, retain_graph=True)
+    (grad_other,) = torch.autograd.grad(scores[~target].sum(), x)
+    return grad_target, grad_other
+
+
 class JSMA(Attack):
     """Jacobian-based Saliency Map Attack (targeted, L0): raise the pair of pixels that most favour the target.
 
@@ -146,9 +158,7 @@ class JSMA(Attack):
             active[rows[~running]] = False
             if not running.any():
                 break
-            target = F.one_hot(targets, scores.shape[1]).bool()  # (n, K)
-            (grad_target,) = torch.autograd.grad(scores[target].sum(), x, retain_graph=True)  # (n, D)
-            (grad_other,) = torch.autograd.grad(scores[~target].sum(), x)  # (n, D)
+            grad_target, grad_other = _score_gradients(scores, x, targets)  # (n, D) each
             rows, grad_target, grad_other = rows[running], grad_target[running], grad_other[running]
             p, q, found = _best_pairs(grad_target, grad_other, domain[rows])
             active[rows[~found]] = False
