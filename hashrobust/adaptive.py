@@ -37,8 +37,8 @@ from ._validation import check_device
 from .attacks import APGD, APGDT, CW, EOT, FGSM, JSMA, PGD, Attack, Square
 from .data import load_dataset
 from .defenses import GradientMaskingWarning, choose_strength, gradient_inhibition, inhibition_report
-from .evaluation import (attack_outcomes, jsma_success, pack_outcomes, robust_accuracy, summarize,
-                         unpack_outcomes, wilson_interval)
+from .evaluation import (_adversarials, _outcomes, ensemble_attacks, jsma_success, pack_outcomes, robust_accuracy,
+                         summarize, unpack_outcomes, wilson_interval)
 from .reports import DATASET_NAMES, eps_label, percent, rounded, write_csv
 from .reproduction import ATTACK_EPS, SELECTION, defend_by_rule
 from .train import predict
@@ -94,7 +94,7 @@ OFF_THE_SHELF = ("PGD-40, CE", "APGD-CE, 100 steps", "APGD-DLR, 100 steps", "APG
 
 
 def run_attacks(model: nn.Module, attacks: Mapping[str, Callable[[nn.Module], Attack]], images: Tensor,
-                labels: Tensor | None = None, batch_size: int = 500) -> list[dict]:
+                labels: Tensor | None = None, batch_size: int = 500, crafted: dict | None = None) -> list[dict]:
     """Each attack on `model`, as `evaluate_adaptive` scores it: one row per attack, in the order given.
 
     An attack crafts its examples on its own `.model` (the model itself, `Temperature` of it, or the
@@ -105,6 +105,9 @@ def run_attacks(model: nn.Module, attacks: Mapping[str, Callable[[nn.Module], At
         model: the model under attack, e.g. a GI model.
         attacks: {name: factory(model) -> attack}, e.g. (a selection of) `adaptive_attacks(0.3, undefended)`.
         images, labels: (N, C, H, W) in [0, 1] and the true labels (N,), or None for success only.
+        crafted: a dict to share between calls on the same images and labels: an attack of the same class
+            and settings on the same source model is crafted once and scored on every model (the transfer
+            attack of the GI model is the undefended model's own PGD). None crafts every attack.
 
     Returns:
         [{"attack", the rates of `evaluation.success_rate` with intervals, "robust_examples"
@@ -114,18 +117,31 @@ def run_attacks(model: nn.Module, attacks: Mapping[str, Callable[[nn.Module], At
     """
     rows = []
     for name, make in attacks.items():
-        outcomes = attack_outcomes(model, make(model), images, labels, batch_size)
+        attack = make(model)
+        key = (id(attack.model), repr(attack))  # the stored adversarials keep the source alive: ids are not reused
+        if crafted is None or key not in crafted:
+            adversarials = _adversarials(attack, images, labels, batch_size)
+            if crafted is not None:
+                crafted[key] = adversarials
+        else:
+            adversarials = crafted[key]
+        outcomes = _outcomes(model, images, labels, adversarials)
         robust = outcomes.get("robust")
         rows.append({"attack": name, **summarize(outcomes),
                      "robust_examples": None if robust is None else pack_outcomes(robust)})
     return rows
 
 
-def _restarts(model: nn.Module, eps: float, images: Tensor, labels: Tensor, restarts: int = 5) -> dict:
-    """PGD-40 (margin) from `restarts` random starts (seeds 0..restarts-1), worst case per example."""
+def _restarts(model: nn.Module, eps: float, images: Tensor, labels: Tensor, seed_0: Tensor,
+              restarts: int = 5) -> dict:
+    """PGD-40 (margin) from `restarts` random starts (seeds 0..restarts-1), worst case per example.
+
+    seed_0: (N,) bool, the per-example robust outcome of seed 0 ("PGD-40, margin" of `adaptive_attacks`),
+    which is not run again.
+    """
     attacks = [(f"seed {k}", PGD(model, eps=eps, alpha=2.5 * eps / 40, steps=40, seed=k, loss="margin"))
-               for k in range(restarts)]
-    return robust_accuracy(model, images, labels, eps, attacks=attacks)
+               for k in range(1, restarts)]
+    return robust_accuracy(model, images, labels, eps, attacks=attacks, known=seed_0)
 
 
 def _unbounded(m: nn.Module, test, jsma_images: int, n_cw: int) -> list[dict]:
@@ -149,15 +165,16 @@ def _unbounded(m: nn.Module, test, jsma_images: int, n_cw: int) -> list[dict]:
     return rows
 
 
-def _eps_curve(dataset: str, m: nn.Module, base: dict, test) -> list[dict]:
-    """PGD-40 (margin) at growing eps, up to the whole pixel range: success must reach 100%."""
-    rows = []
-    for eps in EPS_CURVE[dataset]:
-        attack = PGD(m, eps=eps, alpha=2.5 * eps / 40, steps=40, seed=0, loss="margin")
-        row = summarize(attack_outcomes(m, attack, test.images, test.labels))
-        rows.append({**base, "attack": "PGD-40, margin (eps curve)", "eps": eps, "bounded": True, **row,
-                     "robust_examples": None, "median_l2": None})
-    return rows
+def _eps_curve(dataset: str, m: nn.Module, base: dict, test, crafted: dict | None = None) -> list[dict]:
+    """PGD-40 (margin) at growing eps, up to the whole pixel range: success must reach 100%.
+
+    crafted: `run_attacks`' store, when `test` holds the images it was filled on (the study's eps is not run again).
+    """
+    attacks = {eps: lambda m, eps=eps: PGD(m, eps=eps, alpha=2.5 * eps / 40, steps=40, seed=0, loss="margin")
+               for eps in EPS_CURVE[dataset]}
+    rows = run_attacks(m, attacks, test.images, test.labels, crafted=crafted)
+    return [{**base, **row, "attack": "PGD-40, margin (eps curve)", "eps": row["attack"], "bounded": True,
+             "robust_examples": None, "median_l2": None} for row in rows]
 
 
 def evaluate_adaptive(dataset: str, n: int = 1000, n_cw: int = 100, jsma_images: int = 10,
@@ -183,25 +200,30 @@ def evaluate_adaptive(dataset: str, n: int = 1000, n_cw: int = 100, jsma_images:
     device = check_device(device, "evaluate_adaptive")
     eps = ATTACK_EPS[dataset]
     test = load_dataset(dataset, "test").subset(n).to(device)
-    curve_set = test.subset(n_curve or n)
+    curve_set = test if n_curve is None or n_curve >= len(test) else test.subset(n_curve)
     selection = load_dataset(dataset, "train").subset(SELECTION).to(device)
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GradientMaskingWarning)  # expected: GI masks gradients
         for arch, ratio in tqdm(models or MODELS[dataset], desc=f"adaptive {dataset}", unit="model"):
             model = load_pretrained(dataset, arch, ratio, device=device)
-            defended, strength, _ = defend_by_rule(model, selection)
+            defended, strength, _ = defend_by_rule(model, selection, stop_at_target=True)
+            crafted = {}  # each attack crafted once per source model: see run_attacks
             for defence, m in (("none", model), ("GI", defended)):
                 base = {"dataset": dataset, "variant": test.variant, "arch": arch, "ratio": ratio,
                         "defence": defence, "gi_strength": strength if defence == "GI" else 0.0,
                         "zero_grad_fraction": inhibition_report(m, test.images)["zero_grad_fraction"]}
-                bounded = run_attacks(m, adaptive_attacks(eps, model), test.images, test.labels)
-                ensemble = robust_accuracy(m, test.images, test.labels, eps, preset="standard")
+                bounded = run_attacks(m, adaptive_attacks(eps, model), test.images, test.labels, crafted=crafted)
+                robust = {r["attack"]: unpack_outcomes(r["robust_examples"], r["n"]) for r in bounded}
+                # the ensemble's first attack is the "APGD-CE, 100 steps" row: only APGD-T and Square are left to run
+                ensemble = robust_accuracy(m, test.images, test.labels, eps, attacks=ensemble_attacks(m, eps)[1:],
+                                           known=robust["APGD-CE, 100 steps"])
                 bounded.append({"attack": ENSEMBLE, **_worst_case_row(ensemble)})
-                bounded.append({"attack": RESTARTS, **_worst_case_row(_restarts(m, eps, test.images, test.labels))})
+                restarts = _restarts(m, eps, test.images, test.labels, seed_0=robust["PGD-40, margin"])
+                bounded.append({"attack": RESTARTS, **_worst_case_row(restarts)})
                 rows += [{**base, **row, "eps": eps, "bounded": True, "median_l2": None} for row in bounded]
                 rows += [{**base, **row, "eps": None} for row in _unbounded(m, test, jsma_images, n_cw)]
-                rows += _eps_curve(dataset, m, base, curve_set)
+                rows += _eps_curve(dataset, m, base, curve_set, crafted if curve_set is test else None)
             rows += _resampled_rows(model, selection, test, eps, {"dataset": dataset, "variant": test.variant,
                                                                   "arch": arch, "ratio": ratio})
     return [{key: row[key] for key in rows[0]} for row in rows]  # one column order, as adaptive.csv stores it
@@ -218,7 +240,7 @@ def _worst_case_row(result: dict) -> dict:
 
 def _resampled_rows(model: nn.Module, selection, test, eps: float, base: dict) -> list[dict]:
     """The authors' randomised GI (uniform, U redrawn per forward) under PGD-40, with and without EOT."""
-    strength, _ = choose_strength(model, selection.images, selection.labels, variant="uniform")
+    strength, _ = choose_strength(model, selection.images, selection.labels, variant="uniform", stop_at_target=True)
     randomised = gradient_inhibition(model, eps=strength, variant="uniform", seed=0, resample=True)
     torch.manual_seed(0)
     pgd = dict(eps=eps, alpha=2.5 * eps / 40, steps=40, seed=0)

@@ -281,7 +281,8 @@ def inhibition_report(model: nn.Module, images: Tensor, labels: Tensor | None = 
 
 def choose_strength(model: nn.Module, images: Tensor, labels: Tensor | None = None, variant: str = "constant",
                     target: float = 0.9, grid: Sequence[float] | None = None, layers: str = "fc",
-                    seed: int | None = 0, batch_size: int = 500) -> tuple[float, list[dict]]:
+                    seed: int | None = 0, batch_size: int = 500,
+                    stop_at_target: bool = False) -> tuple[float, list[dict]]:
     """The project's rule for GI strength: the smallest eps on a grid that zeroes `target` of the input gradients.
 
     Paper: Liu et al. use eps about 0.1 (constant), k = 3 (w_multiple), c = 0.2
@@ -299,6 +300,8 @@ def choose_strength(model: nn.Module, images: Tensor, labels: Tensor | None = No
         target: the zero-gradient fraction to reach, in [0, 1].
         grid: the eps values (>= 0) to try; None uses DEFAULT_GRIDS[variant].
         batch_size: examples per forward/backward pass.
+        stop_at_target: stop at the first grid point that meets the target: the same eps, and rows only
+            up to it (for a caller that needs the strength, not the whole curve).
 
     Returns:
         (eps, rows): the chosen eps and one row per grid point, in increasing eps:
@@ -328,6 +331,8 @@ def choose_strength(model: nn.Module, images: Tensor, labels: Tensor | None = No
         rows.append({"eps": eps, "zero_grad_fraction": report["zero_grad_fraction"],
                      "clean_acc": report["clean_acc"], "median_margin": report["median_margin"],
                      "meets_target": report["zero_grad_fraction"] >= target, "chosen": False})
+        if stop_at_target and rows[-1]["meets_target"]:
+            break
     meeting = [row for row in rows if row["meets_target"]]
     if meeting:
         best = meeting[0]

@@ -172,20 +172,24 @@ def _adversarials(attack: Attack, images: Tensor, labels: Tensor | None, batch_s
     With labels the attack runs against them (robust accuracy's definition); the inputs whose clean
     prediction on `attack.model` is wrong are crafted again against that prediction (the paper's
     success rate). For every other input the two coincide, since an attack is deterministic per example.
+    The source and its clean prediction are kept, so a white-box score does not predict them again.
     """
-    source_pred = predict(_source_of(attack), images)
+    source = _source_of(attack)
+    source_pred = predict(source, images)
     if labels is None:
-        return {"paper": _craft(attack, images, source_pred, batch_size), "true": None}
+        return {"paper": _craft(attack, images, source_pred, batch_size), "true": None,
+                "source": source, "source_pred": source_pred}
     true = _craft(attack, images, labels.cpu(), batch_size)  # (N, C, H, W)
     paper = true.clone()
     wrong = (source_pred != labels.cpu()).nonzero().flatten()
     if len(wrong):
         paper[wrong] = _craft(attack, images[wrong], source_pred[wrong], batch_size)
-    return {"paper": paper, "true": true}
+    return {"paper": paper, "true": true, "source": source, "source_pred": source_pred}
 
 
 def _outcomes(target_model: nn.Module, images: Tensor, labels: Tensor | None, adversarials: dict) -> dict:
-    clean_pred = predict(target_model, images)
+    white_box = target_model is adversarials["source"]
+    clean_pred = adversarials["source_pred"] if white_box else predict(target_model, images)
     adv_pred = predict(target_model, adversarials["paper"])
     outcomes = {"clean_pred": clean_pred, "adv_pred": adv_pred, "success": adv_pred != clean_pred}
     if labels is not None:
@@ -323,7 +327,7 @@ def ensemble_attacks(model: nn.Module, eps: float, norm: str = "linf", preset: s
 
 def robust_accuracy(model: nn.Module, images: Tensor, labels: Tensor, eps: float, norm: str = "linf",
                     preset: str = "standard", attacks: list[tuple[str, Attack]] | None = None, seed: int = 0,
-                    batch_size: int = 500) -> dict:
+                    batch_size: int = 500, known: Tensor | None = None) -> dict:
     """Robust accuracy under an AutoAttack-grade ensemble: the worst case per example over every attack.
 
     Paper: Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
@@ -345,6 +349,8 @@ def robust_accuracy(model: nn.Module, images: Tensor, labels: Tensor, eps: float
         attacks: [(name, attack)] to use instead of the preset: built on `model`, on a wrapper of it
             (Temperature, EOT) or, for a transfer attack, on another model; always scored on `model`.
         seed: seed of the attacks' random starts and searches.
+        known: (N,) bool, which inputs attacks run before left robust (e.g. a row of the same study,
+            `unpack_outcomes`): only those are attacked, and the result is the worst case over all of them.
 
     Returns:
         {"n", "clean_acc", "clean_acc_low", "clean_acc_high", "robust_acc", "robust_acc_low",
@@ -363,7 +369,12 @@ def robust_accuracy(model: nn.Module, images: Tensor, labels: Tensor, eps: float
     if attacks is None:
         attacks = ensemble_attacks(model, check_number(eps, "eps", "robust_accuracy", low=0), norm, preset, seed)
     correct = predict(model, images) == labels
-    robust = correct.clone()
+    if known is not None and not (torch.is_tensor(known) and known.dtype == torch.bool
+                                  and tuple(known.shape) == (len(labels),)):
+        raise ValueError(f"The 'known' parameter of robust_accuracy must be a bool tensor of shape ({len(labels)},) "
+                         f"or None. Got {known.dtype if torch.is_tensor(known) else type(known).__name__} "
+                         f"{tuple(known.shape) if torch.is_tensor(known) else ''} instead.")
+    robust = correct.clone() if known is None else correct & known.cpu()
     per_attack = []
     for name, attack in attacks:
         _source_of(attack)  # untargeted only

@@ -48,12 +48,14 @@ ATTACK_EPS = {"mnist": 0.3, "cifar10": 8 / 255}
 
 
 def defend_by_rule(model: nn.Module, selection: ImageDataset, variant: str = "constant",
-                   target: float = 0.9) -> tuple[nn.Module, float, list[dict]]:
+                   target: float = 0.9, stop_at_target: bool = False) -> tuple[nn.Module, float, list[dict]]:
     """GI at the strength this project's rule picks (module docstring): (defended model, strength, curve).
 
     Used by both `reproduce` and adaptive.evaluate_adaptive, so both reports defend the same models.
+    stop_at_target: the curve ends at the chosen strength (`defenses.choose_strength`); the strength is the same.
     """
-    strength, curve = choose_strength(model, selection.images, selection.labels, variant=variant, target=target)
+    strength, curve = choose_strength(model, selection.images, selection.labels, variant=variant, target=target,
+                                      stop_at_target=stop_at_target)
     return gradient_inhibition(model, eps=strength, variant=variant, seed=0), strength, curve
 
 

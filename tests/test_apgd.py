@@ -132,25 +132,52 @@ def test_an_already_misclassified_image_is_returned_unchanged(cls, dense, tiny_i
 
 
 def test_a_run_keeps_the_point_of_highest_loss_and_the_last_misclassified_one(dense, tiny_images):
-    """APGD returns the iterate of highest loss where nothing fooled the model (not the last iterate)."""
+    """Run to the end (the reference's way), APGD returns the iterate of highest loss where nothing fooled
+    the model (not the last iterate), and the last misclassified iterate where something did."""
     images, labels = tiny_images
-    trace = []  # the loss of every iterate, the start included: steps + 1 rows of (N,)
+    trace, last_wrong = [], []  # per iterate, the start included: the loss and the misclassified images (N,)
 
-    def loss_fn(logits: torch.Tensor) -> torch.Tensor:
+    def loss_fn(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        assert torch.equal(rows, torch.arange(len(images)))  # nobody leaves this run
         trace.append(dlr_loss(logits, labels).detach())
+        last_wrong.append(logits.argmax(1) != labels)
         return dlr_loss(logits, labels)
 
     start = random_start(images, example_keys(images, 0), 0, 0.03, "linf")
-    best_images, best_loss, adv, wrong = apgd_run(dense, images, labels, loss_fn, start, 0.03, "linf", 10, 0.75)
-    trace = torch.stack(trace)  # (11, N)
+    best_images, best_loss, adv, wrong = apgd_run(dense, images, labels, loss_fn, start, 0.03, "linf", 10, 0.75,
+                                                  stop_when_fooled=False)
+    trace, last_wrong = torch.stack(trace), torch.stack(last_wrong)  # (11, N)
     assert torch.equal(best_loss, trace.max(0).values)
     assert ((trace[-1] < best_loss) & ~wrong).sum() >= 5  # the last iterate is often not the best one
     with torch.no_grad():
         torch.testing.assert_close(dlr_loss(dense(best_images), labels), best_loss)
     assert 1 <= wrong.sum() <= 4 and torch.equal(fooled(dense, adv, labels), wrong)
-    adv_images = APGD(dense, eps=0.03, steps=10, loss="dlr")(images, labels)
-    expected = torch.where(wrong.view(-1, 1, 1, 1), adv, best_images)  # the last misclassified iterate, or the best
-    torch.testing.assert_close(adv_images, expected, rtol=0, atol=1e-6)
+    assert torch.equal(wrong, last_wrong.any(0))
+
+
+def test_an_example_leaves_the_run_at_its_first_misclassified_iterate(dense, tiny_images, one_by_one):
+    """stop_when_fooled (APGD's way): the same examples are fooled as when every example runs to the end,
+    each at its first misclassified iterate, the others reach the same best points; and fewer passes."""
+    images, labels = tiny_images
+    model = one_by_one(dense)  # the same arithmetic in any batch, so the two runs can be compared pixel by pixel
+    runs, passes = {}, {True: 0, False: 0}
+    for stop in (False, True):
+        def loss_fn(logits: torch.Tensor, rows: torch.Tensor, stop: bool = stop) -> torch.Tensor:
+            passes[stop] += len(rows)
+            return dlr_loss(logits, labels[rows])
+
+        start = random_start(images, example_keys(images, 0), 0, 0.03, "linf")
+        runs[stop] = apgd_run(model, images, labels, loss_fn, start, 0.03, "linf", 10, 0.75, stop_when_fooled=stop)
+    (best_end, loss_end, adv_end, wrong_end), (best, loss, adv, wrong) = runs[False], runs[True]
+    assert 1 <= wrong.sum() <= 4 and torch.equal(wrong, wrong_end)
+    assert torch.equal(fooled(dense, adv, labels), wrong)
+    assert (adv - images).abs().max() <= 0.03 + 1e-6
+    torch.testing.assert_close(best[~wrong], best_end[~wrong], rtol=0, atol=1e-5)
+    torch.testing.assert_close(loss[~wrong], loss_end[~wrong])
+    assert passes[True] < passes[False] == 11 * len(images)
+    expected = torch.where(wrong.view(-1, 1, 1, 1), adv, best)  # the first misclassified iterate, or the best
+    torch.testing.assert_close(APGD(model, eps=0.03, steps=10, loss="dlr")(images, labels), expected,
+                               rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("targeted", [False, True], ids=["APGD", "APGDT"])
@@ -162,11 +189,11 @@ def test_without_success_the_best_point_over_all_runs_is_kept(dense, tiny_images
     results = []
     for stream in (0, 1):  # restart 2 draws its start from stream 1
         if targeted:
-            def loss_fn(logits):
-                return targeted_dlr_loss(logits, labels, ranked[:, 1])
+            def loss_fn(logits, rows):
+                return targeted_dlr_loss(logits, labels[rows], ranked[rows, 1])
         else:
-            def loss_fn(logits):
-                return dlr_loss(logits, labels)
+            def loss_fn(logits, rows):
+                return dlr_loss(logits, labels[rows])
         start = random_start(images, example_keys(images, 0), stream, 0.02, "l2")
         results.append(apgd_run(dense, images, labels, loss_fn, start, 0.02, "l2", 5, 0.75))
     (first, first_loss, _, wrong_first), (second, second_loss, _, wrong_second) = results
@@ -273,8 +300,8 @@ def test_one_run_of_apgd_ce_follows_torchattacks_step_by_step(ta, mnist_test, ar
         torch.manual_seed(0)
         x_best, still_correct, loss_best, _ = attack.attack_single_run(images, labels)
         start = torchattacks_start(images, eps, norm)
-    best_images, best_loss, _, wrong = apgd_run(model, images, labels, lambda logits: ce_losses(logits, labels),
-                                                start, eps, norm, 20, 0.75)
+    best_images, best_loss, _, wrong = apgd_run(model, images, labels, lambda logits, _: ce_losses(logits, labels),
+                                                start, eps, norm, 20, 0.75, stop_when_fooled=False)
     same = (best_images - x_best).flatten(1).abs().amax(1) <= 1e-5  # (N,)
     assert same.float().mean() >= 0.95
     torch.testing.assert_close(best_loss[same], loss_best[same], rtol=1e-5, atol=1e-5)

@@ -254,6 +254,14 @@ def test_choose_strength_says_when_no_eps_reaches_the_target(mlp3, claim_data):
     assert_unchanged(mlp3[1], before)
 
 
+def test_choose_strength_can_stop_at_the_target_with_the_same_choice(mlp3, claim_data):
+    images, labels = claim_data[0][:100], claim_data[1][:100]
+    eps, rows = choose_strength(mlp3[1], images, labels, grid=[0, 1, 10, 100])
+    short_eps, short = choose_strength(mlp3[1], images, labels, grid=[0, 1, 10, 100], stop_at_target=True)
+    assert eps == short_eps == 1 and len(rows) == 4
+    assert short == rows[:2] and short[-1]["chosen"] and short[-1]["meets_target"]
+
+
 # ----------------------------------------------------------------------------- the measured claims
 @pytest.fixture(scope="module")
 def claims(mlp3, claim_data):

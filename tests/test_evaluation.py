@@ -225,6 +225,21 @@ def test_ensemble_is_the_worst_case_per_example_and_below_each_member(hashed, en
     assert sum(step["broken"] for step in result["per_attack"]) == round(30 * (result["clean_acc"] - result["robust_acc"]))
 
 
+def test_ensemble_continued_from_known_outcomes_equals_the_whole_ensemble(hashed, ensemble):
+    """`known`: the first attack's per-example outcome, then the others on what it left = the ensemble at once."""
+    result, images, labels = ensemble
+    (first, attack), *rest = ensemble_attacks(hashed, 0.1, preset="course")
+    after_first = robust_accuracy(hashed, images, labels, eps=0.1, attacks=[(first, attack)])["robust"]
+    continued = robust_accuracy(hashed, images, labels, eps=0.1, attacks=rest, known=after_first)
+    assert torch.equal(continued["robust"], result["robust"]) and continued["robust_acc"] == result["robust_acc"]
+    assert [step["attack"] for step in continued["per_attack"]] == ["APGD-T (DLR)", "Square"]
+    assert continued["clean_acc"] == result["clean_acc"]
+    none_left = robust_accuracy(hashed, images, labels, eps=0.1, attacks=rest, known=torch.zeros(30, dtype=torch.bool))
+    assert none_left["robust_acc"] == 0 and all(step["broken"] == 0 for step in none_left["per_attack"])
+    with pytest.raises(ValueError, match=r"'known' parameter of robust_accuracy must be a bool tensor of shape \(30,\)"):
+        robust_accuracy(hashed, images, labels, eps=0.1, attacks=rest, known=torch.ones(29, dtype=torch.bool))
+
+
 def test_ensemble_breaks_an_undefended_model_at_a_large_eps(dense, data):
     result = robust_accuracy(dense, data.images[:20], data.labels[:20], eps=0.3, preset="course")
     assert result["robust_acc"] == 0 and result["clean_acc"] > 0.9

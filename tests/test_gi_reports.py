@@ -122,12 +122,40 @@ def test_run_attacks_scores_each_attack_like_transfer():
 
 
 def test_evaluate_adaptive_end_to_end_on_a_small_subset_has_the_committed_columns(one_thread):
+    """Same columns as the committed report; and the attacks it does not run twice (the ensemble's APGD-CE,
+    seed 0 of the restarts, the eps curve at the study's eps, the transfer source's PGD) give what running
+    them afresh gives."""
+    from hashrobust.attacks import PGD
+    from hashrobust.data import load_dataset
+    from hashrobust.evaluation import robust_accuracy, success_rate, transfer, unpack_outcomes
     from hashrobust.reports import read_results
+    from hashrobust.reproduction import SELECTION, defend_by_rule
 
-    rows = evaluate_adaptive("mnist", n=20, n_cw=5, jsma_images=1, models=[("mlp3", 64)], n_curve=10)
+    rows = evaluate_adaptive("mnist", n=20, n_cw=5, jsma_images=1, models=[("mlp3", 64)])
     committed = read_results("mnist", "adaptive")
     assert [list(r) for r in rows] == [list(r) for r in committed[:len(rows)]]  # same columns, same order
     assert [r["attack"] for r in rows] == [r["attack"] for r in committed[:len(rows)]]
     gi = {r["attack"]: r for r in rows if r["defence"] == "GI"}
     assert gi["FGSM, CE (the paper's)"]["gi_strength"] == 1.25  # the rule's pick, as in results/mnist
     assert gi["PGD-40, margin"]["success"] >= 0.9 > gi["FGSM, CE (the paper's)"]["success"]
+
+    model = load_pretrained("mnist", "mlp3", 64)
+    defended, strength, _ = defend_by_rule(model, load_dataset("mnist", "train").subset(SELECTION))
+    test = load_dataset("mnist").subset(20)
+    images, labels = test.images, test.labels
+    for defence, m in (("none", model), ("GI", defended)):
+        mine = {r["attack"]: r for r in rows if r["defence"] == defence and r["eps"] == 0.3}
+        ensemble = robust_accuracy(m, images, labels, 0.3, preset="standard")["robust"]
+        assert torch.equal(unpack_outcomes(mine["AutoAttack-grade ensemble (APGD-CE, APGD-T, Square 5000)"]
+                                           ["robust_examples"], 20), ensemble)
+        seeds = [(k, PGD(m, eps=0.3, alpha=2.5 * 0.3 / 40, steps=40, seed=k, loss="margin")) for k in range(5)]
+        restarts = robust_accuracy(m, images, labels, 0.3, attacks=seeds)["robust"]
+        assert torch.equal(unpack_outcomes(mine["PGD-40, margin, 5 restarts"]["robust_examples"], 20), restarts)
+        curve = next(r for r in rows if r["defence"] == defence and r["attack"] == "PGD-40, margin (eps curve)"
+                     and r["eps"] == 0.3)
+        fresh = success_rate(m, seeds[0][1], images, labels)
+        assert (curve["success"], curve["robust_acc"]) == (fresh["success"], fresh["robust_acc"])
+        moved = transfer(model, m, PGD(model, eps=0.3, alpha=2.5 * 0.3 / 40, steps=40, seed=0, loss="margin"),
+                         images, labels)
+        row = mine["transfer: PGD-40 margin from the undefended twin"]
+        assert (row["success"], row["robust_acc"]) == (moved["success"], moved["robust_acc"])

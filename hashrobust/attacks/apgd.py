@@ -85,29 +85,42 @@ def project(adv_images: Tensor, images: Tensor, eps: float, norm: str) -> Tensor
 
 
 def apgd_run(model: nn.Module, images: Tensor, labels: Tensor, loss_fn, start: Tensor, eps: float, norm: str,
-             steps: int, rho: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+             steps: int, rho: float, stop_when_fooled: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One run of APGD (Paper: Algorithm 1) from `start`, every example on its own.
 
-    loss_fn maps the logits (N, K) to the per-example loss (N,) to maximise. Returns
-    (best_images, best_loss, adv_images, fooled): the point of highest loss and its loss, the last
-    iterate that the model misclassified (`start` where none was) and whether there was one, (N, ...).
-    With loss_fn = ce_losses and torchattacks' random start it retraces torchattacks' APGD step by step
-    (tests/test_apgd.py).
+    loss_fn(logits (M, K), rows (M,)) -> (M,): the loss to maximise of the examples `rows` of the batch
+    (index the labels with rows). Returns (best_images, best_loss, adv_images, fooled), (N, ...): the
+    point of highest loss and its loss, an iterate the model misclassified (`start` where none was) and
+    whether there was one.
+
+    stop_when_fooled: an example leaves the run at its first misclassified iterate, which is then its
+    adv_image. Whether an example is ever fooled, so robust accuracy, is the same either way, at a
+    fraction of the passes when most examples fall early. False runs every example for every step and
+    returns the LAST misclassified iterate, as the reference does: with loss_fn = ce_losses and
+    torchattacks' random start it then retraces torchattacks' APGD step by step (tests/test_apgd.py).
     """
-    def loss_and_grad(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def loss_and_grad(x: Tensor, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            logits = model(x)  # (N, K)
-            loss = loss_fn(logits)  # (N,)
+            logits = model(x)  # (M, K)
+            loss = loss_fn(logits, rows)  # (M,)
             (grad,) = torch.autograd.grad(loss.sum(), x)  # the sum: each example's gradient is its own
-        return loss.detach(), grad, logits.detach().argmax(1) != labels
+        return loss.detach(), grad, logits.detach().argmax(1) != labels[rows]
 
-    def where(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:  # per example: a where mask (N,), else b
+    def where(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:  # per example: a where mask (M,), else b
         return torch.where(mask.view(-1, *[1] * (a.dim() - 1)), a, b)
 
+    rows = torch.arange(len(images), device=images.device)  # (M,) the examples still running
     x = x_old = start
-    loss, grad, fooled = loss_and_grad(x)  # (N,), (N, C, H, W), (N,)
+    x0 = images
+    loss, grad, fooled = loss_and_grad(x, rows)  # (M,), (M, C, H, W), (M,)
     best_images, best_loss, best_grad, adv_images = x, loss, grad, x
+    out = [start.clone(), loss.clone(), start.clone(), fooled.clone()]  # (N, ...): what is returned
+
+    def finish(done: Tensor) -> None:  # write the examples `done` (M,) of the run into `out`
+        for tensor, value in zip(out, (best_images, best_loss, adv_images, fooled)):
+            tensor[rows[done]] = value[done]
+
     step_size = torch.full((len(images), 1, 1, 1), 2.0 * eps, device=images.device, dtype=images.dtype)
     marks = set(checkpoints(steps))
     # since the last checkpoint, how many steps raised the loss, f(x_{t+1}) > f(x_t); the first step is compared
@@ -115,14 +128,23 @@ def apgd_run(model: nn.Module, images: Tensor, labels: Tensor, loss_fn, start: T
     last_mark, increases = 0, torch.zeros_like(loss)
     best_at_mark, halved_at_mark = best_loss, torch.ones_like(fooled)  # reference: no condition 2 at w_1
     for t in range(steps):
+        if stop_when_fooled and fooled.any():
+            finish(fooled)
+            going = ~fooled
+            (rows, x0, x, x_old, grad, loss, fooled, best_images, best_loss, best_grad, adv_images, step_size,
+             increases, best_at_mark, halved_at_mark) = (
+                v[going] for v in (rows, x0, x, x_old, grad, loss, fooled, best_images, best_loss, best_grad,
+                                   adv_images, step_size, increases, best_at_mark, halved_at_mark))
+            if len(rows) == 0:
+                return tuple(out)
         direction = grad.sign() if norm == "linf" else _unit_l2(grad)  # steepest ascent for the norm
-        z = project(x + step_size * direction, images, eps, norm)  # z: the plain PGD step, then momentum
+        z = project(x + step_size * direction, x0, eps, norm)  # z: the plain PGD step, then momentum
         a = 1.0 if t == 0 else MOMENTUM
-        x, x_old = project(x + a * (z - x) + (1 - a) * (x - x_old), images, eps, norm), x
-        new_loss, grad, wrong = loss_and_grad(x)
+        x, x_old = project(x + a * (z - x) + (1 - a) * (x - x_old), x0, eps, norm), x
+        new_loss, grad, wrong = loss_and_grad(x, rows)
         increases, loss = increases + (new_loss > loss), new_loss
         fooled, adv_images = fooled | wrong, where(wrong, x, adv_images)
-        better = loss > best_loss  # (N,)
+        better = loss > best_loss  # (M,)
         best_images, best_grad = where(better, x, best_images), where(better, grad, best_grad)
         best_loss = torch.maximum(loss, best_loss)
         if t + 1 in marks:
@@ -133,7 +155,8 @@ def apgd_run(model: nn.Module, images: Tensor, labels: Tensor, loss_fn, start: T
             step_size = where(halve, step_size / 2, step_size)
             x, grad = where(halve, best_images, x), where(halve, best_grad, grad)  # restart from the best point
             last_mark, increases, best_at_mark, halved_at_mark = t + 1, torch.zeros_like(loss), best_loss, halve
-    return best_images, best_loss, adv_images, fooled
+    finish(torch.ones_like(fooled))
+    return tuple(out)
 
 
 def best_of_runs(attack: APGD | APGDT, images: Tensor, labels: Tensor, logits: Tensor, runs: list,
@@ -154,8 +177,12 @@ def best_of_runs(attack: APGD | APGDT, images: Tensor, labels: Tensor, logits: T
         x, y = images[rows], labels[rows]
         t = None if target_labels is None else target_labels[rows]
         start = random_start(x, keys[rows.cpu().numpy()], stream, attack.eps, attack.norm)
-        best, loss, adv, wrong = apgd_run(attack.model, x, y, lambda z: loss_fn(z, y, t), start, attack.eps,
-                                          attack.norm, attack.steps, attack.rho)
+
+        def losses(logits: Tensor, running: Tensor) -> Tensor:  # running: rows of x still in the run
+            return loss_fn(logits, y[running], None if t is None else t[running])
+
+        best, loss, adv, wrong = apgd_run(attack.model, x, y, losses, start, attack.eps, attack.norm, attack.steps,
+                                          attack.rho)
         keep = torch.where(wrong, True, loss > best_loss[rows]).view(-1, 1, 1, 1)  # fooled, or a higher loss
         adv_images[rows] = torch.where(keep, torch.where(wrong.view(-1, 1, 1, 1), adv, best), adv_images[rows])
         best_loss[rows], fooled[rows] = torch.maximum(loss, best_loss[rows]), wrong
@@ -185,9 +212,10 @@ class APGD(Attack):
     From a random start, each step is x <- P(x + 0.75 (P(x + eta * step(grad)) - x) + 0.25 (x - x_prev)).
     At checkpoints (22%, 41%, 57%, ... of the steps) an example's eta halves, and it goes back to its best
     point, if at most rho of the steps since the last checkpoint raised its loss, or if its eta and its best
-    loss both stayed the same. Each restart attacks only the examples not yet misclassified. Returns per
-    example the last misclassified iterate of the first run that found one; else the point of highest loss
-    over all runs; the clean image where the model already misclassifies it.
+    loss both stayed the same. Each restart attacks only the examples not yet misclassified, and an example
+    leaves a run at its first misclassified iterate (the reference runs it on; whether it is fooled is the
+    same, the passes are fewer). Returns per example that iterate, from the first run that found one; else
+    the point of highest loss over all runs; the clean image where the model already misclassifies it.
 
     Paper: Croce & Hein ICML 2020, Sec. 3 and Algorithm 1 (APGD), Sec. 4 (DLR loss).
 
