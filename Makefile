@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 CKPT := data/checkpoints
 TRAIN := $(BIN)/hashrobust train
+# each checkpoint written into data/checkpoints changes its manifest: re-pin it (hashrobust/zoo.py) before the next load
+PIN := $(BIN)/python scripts/pin_manifest.py
 # `make results-cifar10 DEVICE=cuda` runs the experiments on a GPU (the default and CI: the CPU)
 DEVICE ?= cpu
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
@@ -60,19 +62,19 @@ results-cifar10: install
 zoo: zoo-mnist zoo-cifar
 
 zoo-mnist: install
-	$(TRAIN) --dataset mnist --arch mlp3 --ratio 1 --seed 0
+	$(TRAIN) --dataset mnist --arch mlp3 --ratio 1 --seed 0 && $(PIN)
 	for r in 2 4 8 16 32 64; do \
-	  $(TRAIN) --dataset mnist --arch mlp3 --ratio $$r --epochs 5 --seed 0 --from-dense $(CKPT)/mnist-mlp3-r1.pt || exit 1; \
+	  $(TRAIN) --dataset mnist --arch mlp3 --ratio $$r --epochs 5 --seed 0 --from-dense $(CKPT)/mnist-mlp3-r1.pt && $(PIN) || exit 1; \
 	done
-	$(TRAIN) --dataset mnist --arch lenet --ratio 1 --seed 0
+	$(TRAIN) --dataset mnist --arch lenet --ratio 1 --seed 0 && $(PIN)
 	for r in 8 64; do \
-	  $(TRAIN) --dataset mnist --arch lenet --ratio $$r --epochs 3 --seed 0 --from-dense $(CKPT)/mnist-lenet-r1.pt || exit 1; \
+	  $(TRAIN) --dataset mnist --arch lenet --ratio $$r --epochs 3 --seed 0 --from-dense $(CKPT)/mnist-lenet-r1.pt && $(PIN) || exit 1; \
 	done
 
 zoo-cifar: install
-	$(TRAIN) --dataset cifar10 --arch cifar_cnn --ratio 1 --seed 0
+	$(TRAIN) --dataset cifar10 --arch cifar_cnn --ratio 1 --seed 0 && $(PIN)
 	for r in 8 64; do \
-	  $(TRAIN) --dataset cifar10 --arch cifar_cnn --ratio $$r --epochs 4 --seed 0 --from-dense $(CKPT)/cifar10-cifar_cnn-r1.pt || exit 1; \
+	  $(TRAIN) --dataset cifar10 --arch cifar_cnn --ratio $$r --epochs 4 --seed 0 --from-dense $(CKPT)/cifar10-cifar_cnn-r1.pt && $(PIN) || exit 1; \
 	done
 
 clean:

@@ -1,15 +1,25 @@
-"""Tests for hashrobust.zoo: checkpoint round trip and verification (in tmp_path), and the shipped zoo."""
+"""Tests for hashrobust.zoo: checkpoint round trip and verification (in tmp_path), the manifest's pin
+(on tmp copies of the shipped zoo), scripts/pin_manifest.py (on a tmp copy of zoo.py), and the shipped zoo."""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
+import hashrobust.zoo
 from hashrobust.data import load_dataset
 from hashrobust.models import build_model
 from hashrobust.train import evaluate
-from hashrobust.zoo import CHECKPOINT_DIR, load_checkpoint, load_pretrained, read_manifest, save_checkpoint
+from hashrobust.zoo import CHECKPOINT_DIR, MANIFEST, load_checkpoint, load_pretrained, read_manifest, save_checkpoint
 
 ENTRY = {"command": "test", "seed": 0}
 
@@ -102,6 +112,145 @@ def test_hashed_checkpoint_is_about_ratio_times_smaller(tmp_path):
     dense = save_checkpoint(build_model("mlp3"), "mnist", "mlp3", 1, "fc", ENTRY, tmp_path)
     hashed = save_checkpoint(build_model("mlp3", ratio=64), "mnist", "mlp3", 64, "fc", ENTRY, tmp_path)
     assert dense.stat().st_size / 80 < hashed.stat().st_size < dense.stat().st_size / 40
+
+
+# --- one read per load: the verified bytes are the loaded bytes -----------------------------------------
+
+def test_torch_load_gets_the_verified_bytes_not_the_path(hashed_checkpoint, monkeypatch):
+    _, path = hashed_checkpoint
+    expected = read_manifest(path.parent)[path.name]["sha256"]
+    real_load, loaded = torch.load, []
+
+    def spy(f, *args, **kwargs):
+        assert not isinstance(f, (str, os.PathLike)), f"torch.load got {f!r}: it would read the file a second time"
+        loaded.append(hashlib.sha256(f.read()).hexdigest())
+        f.seek(0)
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    load_checkpoint(path)
+    assert loaded == [expected]
+
+
+def test_a_file_swapped_after_the_check_is_not_loaded(hashed_checkpoint, tmp_path, monkeypatch):
+    model, path = hashed_checkpoint
+    torch.manual_seed(1)
+    other = save_checkpoint(build_model("mlp3", ratio=64), "mnist", "mlp3", 64, "fc", ENTRY, tmp_path / "other")
+    real_load = torch.load
+
+    def swap_then_load(f, *args, **kwargs):  # the window between the sha256 check and the load
+        path.write_bytes(other.read_bytes())
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", swap_then_load)
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded[2].weight, model[2].weight)  # the verified weights, not the swapped-in ones
+
+
+# --- the pinned manifest (MANIFEST_SHA256), on tmp copies of the shipped zoo -----------------------------
+
+SHIPPED_SHA256 = hashlib.sha256((CHECKPOINT_DIR / MANIFEST).read_bytes()).hexdigest()
+SMALLEST = "mnist-mlp3-r64.pt"
+PIN_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pin_manifest.py"
+
+
+@pytest.fixture
+def pinned_zoo(tmp_path, monkeypatch):
+    """tmp_path/checkpoints: the shipped manifest and its smallest checkpoint, as CHECKPOINT_DIR (pin kept)."""
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    for name in (MANIFEST, SMALLEST):
+        shutil.copyfile(CHECKPOINT_DIR / name, directory / name)
+    monkeypatch.setattr(hashrobust.zoo, "CHECKPOINT_DIR", directory)
+    return directory
+
+
+def _forge(directory):
+    """Replace SMALLEST by another model and rewrite its manifest entry to match (sha256 and bytes)."""
+    torch.manual_seed(1)
+    forged = save_checkpoint(build_model("mlp3", ratio=64), "mnist", "mlp3", 64, "fc", ENTRY,
+                             directory.parent / "forged").read_bytes()
+    (directory / SMALLEST).write_bytes(forged)
+    manifest = json.loads((directory / MANIFEST).read_bytes())
+    manifest[SMALLEST].update(sha256=hashlib.sha256(forged).hexdigest(), bytes=len(forged))
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _symlink(directory):
+    link = directory.parent / "link"
+    link.symlink_to(directory, target_is_directory=True)
+    return link
+
+
+@pytest.mark.parametrize("spell", [lambda d: d, lambda d: d / ".." / d.name, _symlink],
+                         ids=["path", "dotdot", "symlink"])
+def test_checkpoint_and_manifest_rewritten_together_are_refused_in_the_shipped_zoo(pinned_zoo, spell):
+    _forge(pinned_zoo)
+    found = hashlib.sha256((pinned_zoo / MANIFEST).read_bytes()).hexdigest()
+    folder = spell(pinned_zoo)
+    pattern = re.escape(f"{folder / MANIFEST} does not match the sha256 pinned in hashrobust/zoo.py "
+                        f"(MANIFEST_SHA256): expected sha256 {SHIPPED_SHA256}, got {found}. ") + \
+        r".*restore it with `git checkout data/checkpoints`.*re-pin it with `python scripts/pin_manifest.py`"
+    with pytest.raises(ValueError, match=pattern):
+        load_checkpoint(folder / SMALLEST)
+
+
+def test_an_untouched_copy_of_the_shipped_zoo_loads(pinned_zoo):
+    assert hashrobust.zoo.MANIFEST_SHA256 == hashlib.sha256((pinned_zoo / MANIFEST).read_bytes()).hexdigest()
+    model = load_pretrained("mnist", "mlp3", 64)  # from the monkeypatched CHECKPOINT_DIR
+    assert model[2].ratio == 64 and not model.training
+
+
+def test_a_user_folder_with_its_own_manifest_is_not_pinned(pinned_zoo, tmp_path):
+    _forge(pinned_zoo)
+    mine = tmp_path / "mine"
+    shutil.copytree(pinned_zoo, mine)
+    assert load_pretrained("mnist", "mlp3", 64, directory=mine)[2].ratio == 64  # its own manifest: no pin
+    with pytest.raises(ValueError, match=re.escape("does not match the sha256 pinned in hashrobust/zoo.py")):
+        load_pretrained("mnist", "mlp3", 64)  # the same files as the shipped zoo: refused
+
+
+def test_saving_into_the_shipped_zoo_warns_that_the_pin_is_stale(pinned_zoo, tmp_path):
+    with pytest.warns(UserWarning, match=re.escape("re-pin with `python scripts/pin_manifest.py`")):
+        save_checkpoint(build_model("mlp3", ratio=64), "mnist", "mlp3", 64, "fc", ENTRY)
+    with pytest.raises(ValueError, match="does not match the sha256 pinned"):
+        load_pretrained("mnist", "mlp3", 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a user folder is not pinned: nothing to warn about
+        save_checkpoint(build_model("mlp3", ratio=64), "mnist", "mlp3", 64, "fc", ENTRY, tmp_path / "mine")
+
+
+def test_the_pin_is_the_sha256_of_the_shipped_manifest():
+    assert hashrobust.zoo.MANIFEST_SHA256 == SHIPPED_SHA256, \
+        "data/checkpoints/MANIFEST.json changed without a re-pin: run `python scripts/pin_manifest.py`"
+
+
+def _pin(*args):
+    return subprocess.run([sys.executable, str(PIN_SCRIPT), *map(str, args)], capture_output=True, text=True)
+
+
+def test_pin_script_rewrites_only_the_pin_line(tmp_path):
+    original = Path(hashrobust.zoo.__file__).read_text()
+    zoo_py, manifest = tmp_path / "zoo.py", tmp_path / MANIFEST
+    zoo_py.write_text(original)
+    manifest.write_text('{"rebuilt": true}\n')
+    old, new = hashrobust.zoo.MANIFEST_SHA256, hashlib.sha256(manifest.read_bytes()).hexdigest()
+    result = _pin("--manifest", manifest, "--zoo", zoo_py)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{zoo_py}: MANIFEST_SHA256 {old} -> {new}\n"
+    before, after = original.splitlines(keepends=True), zoo_py.read_text().splitlines(keepends=True)
+    changed = [(a, b) for a, b in zip(before, after) if a != b]
+    assert len(before) == len(after) and changed == [(f'MANIFEST_SHA256 = "{old}"\n', f'MANIFEST_SHA256 = "{new}"\n')]
+    assert _pin("--manifest", manifest, "--zoo", zoo_py).stdout.endswith(f"{new} -> {new} (unchanged)\n")
+
+
+def test_pin_script_without_the_pin_line_fails_and_changes_nothing(tmp_path):
+    zoo_py = tmp_path / "zoo.py"
+    zoo_py.write_text('"""No pin here."""\nPIN = "abc"\n')
+    result = _pin("--manifest", CHECKPOINT_DIR / MANIFEST, "--zoo", zoo_py)
+    assert result.returncode == 1
+    assert f'{zoo_py} needs exactly one line `MANIFEST_SHA256 = "<64 lowercase hex digits>"`, found 0' in result.stderr
+    assert zoo_py.read_text() == '"""No pin here."""\nPIN = "abc"\n'
 
 
 # --- the shipped zoo (data/checkpoints/, written by `make zoo`) ----------------------------------------
