@@ -1,14 +1,19 @@
 """Input checks with one message shape, after scikit-learn's parameter validation: who, what is allowed, what was given.
 
     The 'ratio' parameter of HashedLinear must be a number >= 1. Got 0.5 instead.
+
+Also the one guard (`evaluating`) that every function running a model in eval mode on the caller's
+behalf (predict, the attacks, the diagnostics) uses to hand the model back as it found it.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from numbers import Integral, Real
 
 import torch
+from torch import nn
 
 
 def check_number(value: object, name: str, owner: str, *, low: float | None = None,
@@ -71,3 +76,37 @@ def check_device(value: object, owner: str, name: str = "device") -> torch.devic
             raise ValueError(f"The '{name}' parameter of {owner} asks for {str(value)!r}, but the CUDA devices of "
                              f"this machine are {', '.join(f'cuda:{i}' for i in range(count))}.")
     return device
+
+
+@contextmanager
+def evaluating(model: nn.Module, freeze: bool = False) -> Iterator[nn.Module]:
+    """Run the block with `model` in eval mode, then give every submodule back its OWN training flag.
+
+    `model.train(was_training)` would not do: it sets every submodule to the root's mode, so a submodule
+    the caller had put in eval mode (a frozen BatchNorm in a model being fine-tuned) would come back in
+    train mode. Eval mode inside the block also keeps BatchNorm's running statistics (running_mean,
+    running_var, num_batches_tracked) and dropout untouched by the forward passes. With `freeze`, every
+    parameter's requires_grad is off inside the block and restored after it (an attack or a diagnostic
+    needs input gradients only). Restored in `finally`, so also when the block raises.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).train()
+        >>> _ = net[1].eval()
+        >>> with evaluating(net):
+        ...     net.training
+        False
+        >>> [m.training for m in net.modules()]
+        [True, True, False]
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()] if freeze else []
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)

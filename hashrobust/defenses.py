@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._validation import check_choice, check_number
+from ._validation import check_choice, check_number, evaluating
 from .layers import HashedConv2d, HashedLinear
 
 __all__ = ["gradient_inhibition", "inhibition_report", "choose_strength", "GradientMaskingWarning",
@@ -199,13 +199,8 @@ def _measure(model: nn.Module, images: Tensor, labels: Tensor | None, batch_size
                          f"Got {tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__} instead.")
     check_number(batch_size, "batch_size", owner, low=1, integer=True)
     device = next(model.parameters(), images).device
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
     margins, zero, correct = [], [], []
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
+    with evaluating(model, freeze=True):
         for i in range(0, len(images), batch_size):
             with torch.enable_grad():
                 x = images[i:i + batch_size].detach().to(device).requires_grad_(True)  # (N, C, H, W)
@@ -219,11 +214,6 @@ def _measure(model: nn.Module, images: Tensor, labels: Tensor | None, batch_size
             margins.append((top2[:, 0] - top2[:, 1]).cpu())
             zero.append((grad.flatten(1) == 0).all(1).cpu())
             correct.append((preds == y).cpu())
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in flags:
-            p.requires_grad_(flag)
     margin = torch.cat(margins)  # (N,)
     quantiles = torch.quantile(margin.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).tolist()
     return {"n": len(margin), "margin": margin, "median_margin": quantiles[1],

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ._validation import check_choice, check_number
+from ._validation import check_choice, check_number, evaluating
 from .attacks import APGD, APGDT, JSMA, Attack, Square
 from .data import ImageDataset
 from .train import predict
@@ -280,6 +280,7 @@ def jsma_success(model: nn.Module, attack: JSMA, images: Tensor, labels: Tensor,
     """JSMA success over every (image, target) pair with target != true label.
 
     The images go where `attack.model` is; the labels may be on any device (pairs are scored on the CPU).
+    `model` runs in eval mode and is handed back as found: each submodule's mode, BatchNorm statistics.
 
     Paper: Papernot et al. 2016 (JSMA); Liu et al. Sec. 5 (10 images x 9 targets).
 
@@ -288,7 +289,7 @@ def jsma_success(model: nn.Module, attack: JSMA, images: Tensor, labels: Tensor,
          interval ("success_low", "success_high"), "changed_pixels": mean fraction of input features changed}.
     """
     labels = labels.cpu()
-    with torch.no_grad():
+    with torch.no_grad(), evaluating(model):  # in train mode this one forward would update BatchNorm statistics
         classes = torch.arange(model(images[:1].to(next(model.parameters()).device)).shape[1])
     pairs_images, targets = [], []
     for image, label in zip(images, labels):

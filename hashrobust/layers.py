@@ -128,9 +128,81 @@ class _HashedLayer(nn.Module):
     def get_extra_state(self) -> dict[str, float | int]:
         return {"hash_seed": self.seed, "ratio": self.ratio}
 
+    def _extra_state_problem(self, state: object) -> str | None:
+        """Why `state` cannot be this layer's extra state, or None: it needs a valid seed and this layer's ratio.
+
+        The ratio cannot change on load: it fixes the number of real weights (the size of `weight`).
+        """
+        owner = type(self).__name__
+        if not (isinstance(state, dict) and {"hash_seed", "ratio"} <= state.keys()):
+            return (f"{owner}'s extra state must be a dict {{'hash_seed': integer >= 0, 'ratio': number >= 1}}, "
+                    f"as {owner}.get_extra_state writes it. Got {state!r} instead.")
+        try:
+            check_number(state["hash_seed"], "hash_seed", f"{owner}'s extra state", low=0, high=2**63 - 1,
+                         integer=True)
+            check_number(state["ratio"], "ratio", f"{owner}'s extra state", low=1)
+        except ValueError as error:
+            return str(error)
+        if float(state["ratio"]) != self.ratio:
+            return (f"the checkpoint has ratio {state['ratio']:g}, this layer ratio {self.ratio:g}; a hashed layer "
+                    f"loads only a checkpoint of its own ratio (the ratio fixes its number of real weights): "
+                    f"build it with ratio={state['ratio']:g} to load this checkpoint.")
+        return None
+
     def set_extra_state(self, state: dict[str, float | int]) -> None:
-        self.seed, self.ratio = int(state["hash_seed"]), float(state["ratio"])
+        """Take the seed of a checkpoint of this layer's ratio and rebuild the hash; anything else raises ValueError."""
+        problem = self._extra_state_problem(state)
+        if problem is not None:
+            raise ValueError(f"{type(self).__name__}.set_extra_state: {problem}")
+        self.seed = int(state["hash_seed"])
         self._rebuild_hash()
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict,
+                              strict: bool, missing_keys: list[str], unexpected_keys: list[str],
+                              error_msgs: list[str]) -> None:
+        """nn.Module's loader made all or nothing for this layer: if any entry of it fails, nothing changes.
+
+        torch copies each parameter as it goes and reports the failures at the end, which would leave a
+        hashed layer half loaded (new weights under the old hash, or a new seed for old weights: either
+        computes garbage). So the extra state is checked first, and if this layer's entries bring an
+        error, a missing key or an unexpected key, its parameters, seed, hash buffers and V cache are
+        put back. torch passes strict=True to every module, so a layer cannot tell a strict load from
+        a non-strict one: with strict=False too, a hashed layer whose entries are incomplete is skipped
+        (its keys still reported by load_state_dict), never half loaded. Other modules load as torch does.
+        """
+        key = prefix + "_extra_state"
+        if key in state_dict:
+            problem = self._extra_state_problem(state_dict[key])
+            if problem is not None:
+                error_msgs.append(f"bad extra state for {key}: {problem}")
+                return
+        counts = (len(missing_keys), len(unexpected_keys), len(error_msgs))
+        saved = self._snapshot()
+        try:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                          unexpected_keys, error_msgs)
+        except BaseException:
+            self._restore(saved)
+            raise
+        if (len(missing_keys), len(unexpected_keys), len(error_msgs)) != counts:
+            self._restore(saved)
+
+    def _snapshot(self) -> dict[str, Any]:
+        """What a load may change: each parameter (object, version, values), the seed, ratio, hash and V cache."""
+        params = {name: (p, p._version, p.data_ptr(), p.detach().clone())
+                  for name, p in self._parameters.items() if p is not None}
+        return {"params": params, "seed": self.seed, "ratio": self.ratio, "bucket": self.bucket,
+                "bucket32": self.bucket32, "sign": self.sign, "cache": self._cache}
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        for name, (param, version, pointer, values) in saved["params"].items():
+            self._parameters[name] = param  # the same object (assign=True replaces it), so optimizers still hold it
+            if param._version != version or param.data_ptr() != pointer:
+                with torch.no_grad():
+                    param.copy_(values)
+        self.seed, self.ratio = saved["seed"], saved["ratio"]
+        self.bucket, self.bucket32, self.sign = saved["bucket"], saved["bucket32"], saved["sign"]
+        self._cache = saved["cache"]  # valid again if w is untouched; else its key no longer matches and V is rebuilt
 
     def extra_repr(self) -> str:
         return (f"ratio={self.ratio:g}, virtual={self.num_virtual}, real={self.weight.numel()}, "
@@ -177,7 +249,14 @@ class HashedConv2d(_HashedLayer):
 
     Paper: HashedNets Sec. 4 (conv kernels are hashed the same way); Liu et al. Sec. 3.
 
-    Shape: (N, C, H, W) -> (N, O, H', W'), as nn.Conv2d with groups=1, dilation=1.
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups: as nn.Conv2d
+            (zero padding only); the virtual kernel is (O, C / groups, kh, kw), as nn.Conv2d's weight.
+        ratio: compression ratio r >= 1 (virtual / real weights).
+        seed: hash seed (stored in the checkpoint).
+        bias: whether to add a (not hashed) bias.
+
+    Shape: (N, C, H, W) -> (N, O, H', W'), as nn.Conv2d with padding_mode="zeros".
 
     Example:
         >>> conv = HashedConv2d(1, 20, 5, ratio=8)
@@ -188,57 +267,80 @@ class HashedConv2d(_HashedLayer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], ratio: float,
                  seed: int = 0, stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
                  bias: bool = True, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, *, dilation: int | tuple[int, int] = 1, groups: int = 1) -> None:
         check_number(in_channels, "in_channels", "HashedConv2d", low=1, integer=True)
         check_number(out_channels, "out_channels", "HashedConv2d", low=1, integer=True)
+        check_number(groups, "groups", "HashedConv2d", low=1, integer=True)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"The 'groups' parameter of HashedConv2d must divide in_channels ({in_channels}) and "
+                             f"out_channels ({out_channels}). Got {groups} instead.")
+        dilation = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
+        for d in dilation:
+            check_number(d, "dilation", "HashedConv2d", low=1, integer=True)
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
-        self.stride, self.padding = stride, padding
-        super().__init__((out_channels, in_channels, kh, kw), ratio, seed, bias, device, dtype)
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        super().__init__((out_channels, in_channels // groups, kh, kw), ratio, seed, bias, device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.virtual_weight(), self.bias, self.stride, self.padding)
+        return F.conv2d(x, self.virtual_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, " + super().extra_repr())
+        plain = self.dilation == (1, 1) and self.groups == 1
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, " + ("" if plain else f"dilation={self.dilation}, groups={self.groups}, ")
+                + super().extra_repr())
 
 
-def _hashed_twin(layer: nn.Module, ratio: float, seed: int) -> _HashedLayer:
-    """An untrained hashed layer with the shape, bias, device and dtype of a dense layer."""
+def _hashed_twin(layer: nn.Module, ratio: float, seed: int, name: str) -> _HashedLayer:
+    """An untrained hashed layer with the shape, bias, device, dtype and mode of a dense layer.
+
+    Raises ValueError for a convolution HashedConv2d cannot compute exactly: one that pads other than with
+    zeros, or with padding "same"/"valid" given as a string.
+    """
     factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
     bias = layer.bias is not None
     if isinstance(layer, nn.Linear):
-        return HashedLinear(layer.in_features, layer.out_features, ratio, seed, bias, **factory)
-    if layer.groups != 1 or layer.dilation != (1, 1) or not isinstance(layer.padding, tuple):
-        raise ValueError(f"Only plain convolutions (groups=1, dilation=1, numeric padding) can be hashed. "
-                         f"Got {layer} instead.")
-    return HashedConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, ratio, seed,
-                        layer.stride, layer.padding, bias, **factory)
+        return HashedLinear(layer.in_features, layer.out_features, ratio, seed, bias, **factory).train(layer.training)
+    where = f"layer {name!r}" if name else "the model itself"
+    if layer.padding_mode != "zeros":
+        raise ValueError(f"compress cannot hash {where}, {layer}: it has padding_mode={layer.padding_mode!r}, and "
+                         f"HashedConv2d supports only padding_mode='zeros'. Keep it dense (layers='fc') or "
+                         f"use padding_mode='zeros'.")
+    if not isinstance(layer.padding, tuple):
+        raise ValueError(f"compress cannot hash {where}, {layer}: it has padding={layer.padding!r}, and "
+                         f"HashedConv2d takes numeric padding only (an int or a pair, e.g. padding=1 for a 3x3 "
+                         f"'same' convolution). Keep it dense (layers='fc') or give the padding in pixels.")
+    return HashedConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, ratio, seed, layer.stride,
+                        layer.padding, bias, dilation=layer.dilation, groups=layer.groups,
+                        **factory).train(layer.training)
 
 
 def hash_layers_(model: nn.Module, ratio: float, layers: str = "fc", seed: int = 0,
                  project: bool = True) -> nn.Module:
-    """Replace, in place, each dense layer of the kind `layers` names by a hashed twin.
+    """Replace, in place, each dense layer of the kind `layers` names by a hashed twin; return the model.
 
     Layer i (in `named_modules` order) gets hash seed `seed + i`, so layers do
     not share a hash pattern. With `project`, w is the least-squares fit of the
     dense weight and the bias is copied; otherwise both are freshly initialised.
+    Every layer is checked before any is replaced, so a ValueError (a convolution
+    HashedConv2d cannot represent) leaves the model as it was. A bare nn.Linear
+    (or nn.Conv2d with layers="all") cannot replace itself: its twin is returned.
     """
     check_number(ratio, "ratio", "compress", low=1)
     kinds = HASHABLE_LAYERS[check_choice(layers, "layers", HASHABLE_LAYERS)]
-    targets = [name for name, m in model.named_modules() if type(m) in kinds]
-    for i, name in enumerate(targets):
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        dense = getattr(parent, attr)
-        hashed = _hashed_twin(dense, ratio, seed + i)
+    targets = [(name, m) for name, m in model.named_modules() if type(m) in kinds]
+    twins = [_hashed_twin(dense, ratio, seed + i, name) for i, (name, dense) in enumerate(targets)]
+    for (name, dense), hashed in zip(targets, twins):
         if project:
             hashed.project_(dense.weight)
             if dense.bias is not None:
                 with torch.no_grad():
                     hashed.bias.copy_(dense.bias)
-        setattr(parent, attr, hashed)
+        if not name:  # the model is the layer
+            return hashed
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), attr, hashed)
     return model
 
 
@@ -249,13 +351,15 @@ def compress(model: nn.Module, ratio: float, layers: str = "fc", seed: int = 0) 
     the authors' "hash retraining", i.e. fine-tuning); HashedNets Sec. 4.
 
     Args:
-        model: a dense model; it is not modified.
+        model: a dense model, or a single nn.Linear / nn.Conv2d; it is not modified.
         ratio: compression ratio r >= 1; r = 1 returns an unchanged copy (dense).
-        layers: "fc" hashes nn.Linear layers, "all" also nn.Conv2d.
+        layers: "fc" hashes nn.Linear layers, "all" also nn.Conv2d (any stride,
+            zero padding, dilation and groups; another padding_mode raises ValueError).
         seed: hash seed of the first hashed layer; layer i uses seed + i.
 
     Returns:
-        A deep copy with HashedLinear/HashedConv2d in place of the dense layers,
+        A deep copy with HashedLinear/HashedConv2d in place of the dense layers
+        (a bare layer of the kind `layers` names comes back as its hashed twin),
         each real weight the sign-corrected mean of its bucket (the
         least-squares projection of the dense weights), ready for fine-tuning.
 
@@ -277,7 +381,7 @@ def _dense_twin(layer: _HashedLayer) -> nn.Module:
         dense = nn.Linear(layer.in_features, layer.out_features, bias, **factory)
     else:
         dense = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                          bias=bias, **factory)
+                          layer.dilation, layer.groups, bias=bias, **factory)
     with torch.no_grad():
         dense.weight.copy_(layer.virtual_weight())
         if bias:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ._validation import check_number
+from ._validation import check_number, evaluating
 from .data import ImageDataset
 
 __all__ = ["TrainRecipe", "set_seed", "train", "evaluate", "predict", "default_device", "RECIPES"]
@@ -134,19 +134,19 @@ def train(model: nn.Module, train_set: ImageDataset, recipe: TrainRecipe | None 
 
 @torch.no_grad()
 def predict(model: nn.Module, images: Tensor, batch_size: int = 1000) -> Tensor:
-    """The model's predicted labels (N,), computed in eval mode on the model's device, batched."""
+    """The model's predicted labels (N,), computed in eval mode on the model's device, batched.
+
+    Every submodule gets its own training flag back, and BatchNorm statistics are not touched
+    (`evaluating`), so predicting in the middle of training or fine-tuning changes nothing.
+    """
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         return torch.cat([model(images[i:i + batch_size].to(device)).argmax(1).cpu()
                           for i in range(0, len(images), batch_size)])
-    finally:
-        model.train(was_training)
 
 
 def evaluate(model: nn.Module, dataset: ImageDataset, batch_size: int = 1000) -> float:
-    """Clean accuracy in [0, 1] of `model` on `dataset` (eval mode, no gradients).
+    """Clean accuracy in [0, 1] of `model` on `dataset` (eval mode, no gradients; modes restored as `predict` does).
 
     Example:
         >>> evaluate(load_pretrained("mnist", "mlp3", 1), load_dataset("mnist").subset(1000)) > 0.97

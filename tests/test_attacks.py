@@ -535,3 +535,51 @@ def test_bad_labels_raise(dense, batch, name, labels, message):
 def test_a_targeted_attack_needs_target_labels(dense, batch, cls):
     with pytest.raises(ValueError, match=f"{cls.__name__} with targeted=True needs target labels. Got labels=None."):
         cls(dense, targeted=True)(batch[0])
+
+
+# ----------------------------------------------------------------------------- modes and BatchNorm statistics
+def _bn_model() -> nn.Module:
+    """A small MNIST CNN with BatchNorm, in train mode but for one eval-mode BatchNorm; statistics already moved."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 4, 3, stride=2), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 6 * 6, 10)).train()
+    with torch.no_grad():
+        model(torch.rand(8, 1, 28, 28))
+    model[4].eval()
+    return model
+
+
+def _modes_and_bn_state(model: nn.Module) -> tuple[list[bool], dict]:
+    bn = {name: buffer.clone() for name, buffer in model.named_buffers()
+          if name.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")}
+    return [m.training for m in model.modules()], bn
+
+
+def _assert_same_modes_and_bn_state(model: nn.Module, before: tuple[list[bool], dict]) -> None:
+    modes, bn = _modes_and_bn_state(model)
+    assert modes == before[0]
+    assert bn.keys() == before[1].keys() and all(torch.equal(bn[k], v) for k, v in before[1].items())
+
+
+@pytest.mark.parametrize("name", [*ATTACKS, "EOT"])
+def test_attacks_keep_each_modules_mode_and_bn_statistics(name, batch):
+    model = _bn_model()
+    before = _modes_and_bn_state(model)
+    images, labels = batch[0][:3], batch[1][:3]
+    if name == "EOT":
+        attack = PGD(attacks.EOT(model, draws=2), **FAST["PGD"])
+    else:
+        attack, labels = make(name, model), labels_for(name, labels)
+    attack(images, labels)
+    _assert_same_modes_and_bn_state(model, before)
+
+
+def test_jsma_success_keeps_each_modules_mode_and_bn_statistics(batch):
+    from hashrobust.evaluation import jsma_success
+
+    model = _bn_model()
+    before = _modes_and_bn_state(model)
+    row = jsma_success(model, JSMA(model, gamma=0.02), batch[0][:1], batch[1][:1], batch_size=9)
+    assert row["n"] == 9
+    _assert_same_modes_and_bn_state(model, before)

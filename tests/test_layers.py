@@ -224,3 +224,151 @@ def test_decompress_computes_the_same_function_with_dense_layers_and_leaves_the_
     torch.testing.assert_close(twin[3].weight, hashed[3].virtual_weight())
     assert all(torch.equal(before[k], v) for k, v in hashed.state_dict().items() if k in before and torch.is_tensor(v))
     assert type(decompress(HashedLinear(6, 2, ratio=2))) is nn.Linear
+
+
+# ----------------------------------------------------------------------------- failed loads, unrepresentable layers
+def _layer_snapshot(layer) -> dict:
+    """Everything a failed load must leave alone: parameters, ratio, seed, hash buffers and the next output."""
+    x = torch.rand(2, 3, 6, 6) if isinstance(layer, HashedConv2d) else torch.rand(2, 40)
+    with torch.no_grad():
+        output = layer(x)
+    return {"params": {k: v.detach().clone() for k, v in layer.named_parameters()}, "ratio": layer.ratio,
+            "seed": layer.seed, "buffers": {k: v.clone() for k, v in layer.named_buffers()}, "x": x, "output": output}
+
+
+def _assert_unchanged(layer, before: dict) -> None:
+    assert (layer.ratio, layer.seed) == (before["ratio"], before["seed"])
+    assert before["params"].keys() == dict(layer.named_parameters()).keys()
+    assert all(torch.equal(p, before["params"][k]) for k, p in layer.named_parameters())
+    assert all(torch.equal(b, before["buffers"][k]) for k, b in layer.named_buffers())
+    with torch.no_grad():
+        assert torch.equal(layer(before["x"]), before["output"])  # through the (cached or rebuilt) V
+
+
+def _without(state: dict, key: str) -> dict:
+    return {k: v for k, v in state.items() if k != key}
+
+
+def _linear(ratio: float = 8, out: int = 30, seed: int = 0) -> HashedLinear:
+    return HashedLinear(40, out, ratio=ratio, seed=seed)
+
+
+def _conv(ratio: float = 4, out: int = 8, seed: int = 0) -> HashedConv2d:
+    return HashedConv2d(3, out, 3, ratio=ratio, seed=seed)
+
+
+BAD_CHECKPOINTS = [  # (make, checkpoint of another layer, what the error says)
+    (_linear, lambda: _linear(ratio=64, seed=3).state_dict(), r"checkpoint has ratio 64, this layer ratio 8"),
+    (_conv, lambda: _conv(ratio=2, seed=3).state_dict(), r"checkpoint has ratio 2, this layer ratio 4"),
+    (_linear, lambda: _linear(out=20, seed=3).state_dict(), r"size mismatch for weight"),
+    (_conv, lambda: _conv(out=6, seed=3).state_dict(), r"size mismatch for weight"),
+    (_linear, lambda: _without(_linear(seed=3).state_dict(), "bias"), r"Missing key\(s\).*\"bias\""),
+    (_conv, lambda: _without(_conv(seed=3).state_dict(), "_extra_state"), r"Missing key\(s\).*\"_extra_state\""),
+    (_linear, lambda: {**_linear(seed=3).state_dict(), "scale": torch.ones(1)}, r"Unexpected key\(s\).*\"scale\""),
+    (_linear, lambda: {**_linear(seed=3).state_dict(), "_extra_state": {"hash_seed": -1, "ratio": 8.0}},
+     r"_extra_state.*'hash_seed'.*>= 0"),
+]
+
+
+@pytest.mark.parametrize("make, checkpoint, message", BAD_CHECKPOINTS, ids=range(len(BAD_CHECKPOINTS)))
+def test_failed_load_leaves_the_layer_exactly_as_it_was(make, checkpoint, message):
+    torch.manual_seed(0)
+    layer = make()
+    before = _layer_snapshot(layer)  # its forward under no_grad leaves a cached V, as an attack does
+    with pytest.raises(RuntimeError, match=message):
+        layer.load_state_dict(checkpoint())
+    _assert_unchanged(layer, before)
+    layer.load_state_dict(make(seed=3).state_dict())  # a good checkpoint still loads, its seed included
+    assert layer.seed == 3
+
+
+def test_non_strict_load_skips_an_incomplete_hashed_layer_instead_of_half_loading_it():
+    torch.manual_seed(0)
+    layer = _linear()
+    before = _layer_snapshot(layer)
+    result = layer.load_state_dict(_without(_linear(seed=3).state_dict(), "_extra_state"), strict=False)
+    assert result.missing_keys == ["_extra_state"]  # weights without their seed would compute garbage
+    _assert_unchanged(layer, before)
+
+
+def test_set_extra_state_refuses_another_ratio_and_keeps_the_layer():
+    layer = HashedLinear(40, 30, ratio=8, seed=1)
+    before = _layer_snapshot(layer)
+    with pytest.raises(ValueError, match=r"checkpoint has ratio 64, this layer ratio 8"):
+        layer.set_extra_state({"hash_seed": 5, "ratio": 64.0})
+    _assert_unchanged(layer, before)
+
+
+def test_failed_load_through_a_model_leaves_every_hashed_layer_alone():
+    from hashrobust.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mlp3", ratio=64, seed=10)
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        output = model(x)
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(RuntimeError, match=r"2\._extra_state.*checkpoint has ratio 8, this layer ratio 64"):
+        model.load_state_dict(build_model("mlp3", ratio=8).state_dict(), strict=True)
+    assert all(torch.equal(v, state[k]) if torch.is_tensor(v) else v == state[k]
+               for k, v in model.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(model(x), output)
+    # one bad layer in a Sequential: that layer is untouched, the message names it
+    net = nn.Sequential(HashedLinear(40, 30, ratio=8), nn.ReLU(), HashedLinear(30, 10, ratio=4, seed=1))
+    before = _layer_snapshot(net[0])
+    checkpoint = _without(nn.Sequential(HashedLinear(40, 30, ratio=8, seed=7), nn.ReLU(),
+                                        HashedLinear(30, 10, ratio=4, seed=2)).state_dict(), "0.bias")
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "0\.bias"'):
+        net.load_state_dict(checkpoint, strict=True)
+    _assert_unchanged(net[0], before)
+
+
+def test_compress_rejects_padding_modes_it_cannot_represent():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect"), nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(ValueError, match=r"padding_mode='reflect'.*only padding_mode='zeros'"):
+        compress(net, 4, layers="all")
+    assert isinstance(compress(net, 4, layers="fc")[0], nn.Conv2d)  # "fc" leaves convolutions dense
+
+
+def test_hash_layers_changes_nothing_when_one_layer_cannot_be_hashed():
+    from hashrobust.layers import hash_layers_
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3, padding="same"))
+    with pytest.raises(ValueError, match=r"padding='same'"):
+        hash_layers_(net, 4, layers="all")
+    assert [type(m) for m in net] == [nn.Conv2d, nn.Conv2d]
+
+
+@pytest.mark.parametrize("groups, dilation", [(2, 1), (1, 2), (4, (2, 1))])
+def test_hashed_conv_with_groups_and_dilation_equals_the_dense_conv_of_its_virtual_weight(groups, dilation):
+    torch.manual_seed(0)
+    dense = nn.Conv2d(4, 8, 3, stride=2, padding=2, dilation=dilation, groups=groups)
+    hashed = compress(dense, ratio=3, layers="all")
+    assert isinstance(hashed, HashedConv2d) and hashed.virtual_shape == (8, 4 // groups, 3, 3)
+    oracle = nn.Conv2d(4, 8, 3, stride=2, padding=2, dilation=dilation, groups=groups)
+    with torch.no_grad():
+        oracle.weight.copy_(hashed.virtual_weight())
+        oracle.bias.copy_(hashed.bias)
+    x = torch.rand(2, 4, 11, 11)
+    torch.testing.assert_close(hashed(x), oracle(x), rtol=0, atol=1e-6)
+    twin = decompress(hashed)
+    assert (twin.groups, twin.dilation) == (groups, oracle.dilation)
+    torch.testing.assert_close(twin(x), oracle(x), rtol=0, atol=1e-6)
+
+
+def test_compress_and_decompress_accept_a_bare_layer():
+    torch.manual_seed(0)
+    linear, conv = nn.Linear(20, 6), nn.Conv2d(2, 3, 3, padding=1)
+    hashed = compress(linear, 4)
+    assert type(hashed) is HashedLinear and torch.equal(hashed.bias, linear.bias)
+    assert type(compress(linear, 4, layers="all")) is HashedLinear
+    dense_conv = compress(conv, 4)  # "fc": a convolution stays dense (a copy)
+    assert type(dense_conv) is nn.Conv2d and dense_conv is not conv
+    hashed_conv = compress(conv, 4, layers="all")
+    assert type(hashed_conv) is HashedConv2d
+    for layer, x in [(hashed, torch.rand(5, 20)), (hashed_conv, torch.rand(2, 2, 6, 6))]:
+        twin = decompress(layer)
+        assert type(twin) in (nn.Linear, nn.Conv2d)
+        torch.testing.assert_close(twin(x), layer(x), rtol=0, atol=1e-6)
+        assert torch.equal(twin.weight, layer.virtual_weight().detach())

@@ -139,3 +139,34 @@ def test_predict_uses_eval_mode_and_restores_training_mode():
 def test_bad_recipe_names_the_parameter(kwargs, name):
     with pytest.raises(ValueError, match=f"The '{name}' parameter of TrainRecipe must be"):
         TrainRecipe(**kwargs)
+
+
+def _mixed_mode_bn_model() -> torch.nn.Module:
+    """cifar_cnn in train mode with its first BatchNorm in eval mode, and BN statistics off their defaults."""
+    torch.manual_seed(0)
+    model = build_model("cifar_cnn").train()
+    with torch.no_grad():
+        model(torch.rand(4, 3, 32, 32))  # num_batches_tracked 1, running stats moved
+    model[2].eval()  # a frozen BatchNorm inside a training model
+    return model
+
+
+def _modes_and_bn_state(model: torch.nn.Module) -> tuple[list[bool], dict]:
+    bn = {name: buffer.clone() for name, buffer in model.named_buffers()
+          if name.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")}
+    return [m.training for m in model.modules()], bn
+
+
+@pytest.mark.parametrize("call", ["predict", "evaluate"])
+def test_predict_and_evaluate_restore_every_modules_own_mode_and_bn_statistics(call):
+    model = _mixed_mode_bn_model()
+    modes, bn = _modes_and_bn_state(model)
+    assert modes.count(False) == 1 and len(bn) == 12
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    if call == "predict":
+        predict(model, images, batch_size=4)
+    else:
+        evaluate(model, ImageDataset(images, torch.zeros(6, dtype=torch.int64), "cifar10", "test", "official"), 4)
+    modes_after, bn_after = _modes_and_bn_state(model)
+    assert modes_after == modes  # the eval-mode BatchNorm stays in eval mode
+    assert bn_after.keys() == bn.keys() and all(torch.equal(bn_after[k], v) for k, v in bn.items())

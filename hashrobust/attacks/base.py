@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._validation import evaluating
 from ..hashing import mix64
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's increment
@@ -153,8 +154,10 @@ class Attack:
     implements `forward(images, labels) -> adv_images`, the algorithm. Calling
     the attack checks the inputs, puts the model in eval mode with every
     parameter's requires_grad off (no parameter gradient; hashed layers reuse
-    their cached V), runs `forward`, restores both in `finally`, and returns
-    the adversarial images clamped to [0, 1] and detached, on the images' device.
+    their cached V), runs `forward`, restores both in `finally` (each submodule
+    its own training flag; BatchNorm statistics are never updated, see
+    `_validation.evaluating`), and returns the adversarial images clamped to
+    [0, 1] and detached, on the images' device.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -182,12 +185,7 @@ class Attack:
             raise ValueError(f"The 'images' of {name} must have values in [0, 1]. "
                              f"Got values in [{images.min().item():.9g}, {images.max().item():.9g}] instead.")
         images = images.detach()
-        modes = [(m, m.training) for m in self.model.modules()]
-        flags = [(p, p.requires_grad) for p in self.model.parameters()]
-        try:
-            self.model.eval()
-            for p, _ in flags:
-                p.requires_grad_(False)
+        with evaluating(self.model, freeze=True):  # each module's own mode and requires_grad come back after
             with torch.no_grad():  # the prediction is needed only without labels; else one image gives K
                 logits = self.model(images if labels is None else images[:1])  # (N, K) or (1, K)
             if labels is None:
@@ -196,11 +194,6 @@ class Attack:
                 labels = self._check_labels(labels, len(images), logits.shape[1]).to(images.device)
             with torch.enable_grad():
                 adv_images = self.forward(images, labels)
-        finally:
-            for m, mode in modes:
-                m.training = mode
-            for p, flag in flags:
-                p.requires_grad_(flag)
         return adv_images.clamp(0, 1).detach()
 
     def _check_labels(self, labels: object, n: int, k: int) -> Tensor:
