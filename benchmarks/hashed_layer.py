@@ -1,6 +1,6 @@
 """Hashed vs dense mlp3 (784-1000-10): step-time ratios and checkpoint-size ratios, measured in one run.
 
-    python benchmarks/hashed_layer.py [--rounds 7] [--steps 30]
+    python benchmarks/hashed_layer.py [--rounds 7] [--steps 30] [--no-compile]
 
 (a) a training step (forward, backward to the real weights, SGD step) and
 (b) an input-gradient step with frozen weights (what an attack does: the
@@ -11,16 +11,26 @@ these 2-core machines are noisy; compare ratios, not absolute times.
 Targets (issue #2): (a) <= 1.3x, (b) <= 1.05x. A layer that materialises V
 every training step has a floor of about 2x at batch 64 and 1.3x at batch
 256 on this machine.
+
+Two more tables, measured the same way:
+(c) the training step under torch.compile (inductor, static shapes; compile
+time excluded by a warm-up), dense and hashed, compiled and eager, with the
+hashed/dense ratio of each and the compiled/eager ratio of each model;
+(d) both steps under torch.autocast("cpu", dtype=torch.bfloat16), hashed vs
+dense. On a CPU without native bf16 instructions bf16 is emulated and slower
+than float32; the hashed/dense ratio is what matters.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from hashrobust import build_model, compress
 
@@ -44,14 +54,65 @@ def seconds_per_step(fn, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def compare(dense_fn, hashed_fn, rounds: int, steps: int) -> tuple[float, float]:
-    """Median seconds per step of each, alternating dense and hashed runs within every round."""
-    dense_fn(), hashed_fn()  # warm-up
-    dense, hashed = [], []
+def compare(*fns, rounds: int, steps: int) -> list[float]:
+    """Median seconds per step of each function, alternating them within every round."""
+    for fn in fns:  # warm-up (and, for a compiled model, compilation)
+        fn()
+    times = [[] for _ in fns]
     for _ in range(rounds):
-        dense.append(seconds_per_step(dense_fn, steps))
-        hashed.append(seconds_per_step(hashed_fn, steps))
-    return statistics.median(dense), statistics.median(hashed)
+        for fn, t in zip(fns, times):
+            t.append(seconds_per_step(fn, steps))
+    return [statistics.median(t) for t in times]
+
+
+def training_setup(models: list[nn.Module]) -> list[torch.optim.Optimizer]:
+    """Each model in train mode with trainable weights, and an SGD optimizer for each."""
+    for m in models:
+        m.train().requires_grad_(True)
+    return [torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for m in models]
+
+
+def compile_table(dense: nn.Module, args: argparse.Namespace) -> None:
+    """(c): the training step, compiled (inductor) and eager, dense and hashed."""
+    print(f"\n(c) training step under torch.compile (inductor, dynamic=False)\n"
+          f"{'ratio':>5} {'batch':>5} | {'dense ms':>8} {'compiled':>8} {'hashed ms':>9} {'compiled':>8} | "
+          f"{'hashed/dense eager':>18} {'compiled':>8} | {'compiled/eager dense':>20} {'hashed':>6}")
+    for ratio in (8, 64):
+        for batch in (64, 256):
+            images, labels = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+            models = [copy.deepcopy(dense), copy.deepcopy(dense), compress(dense, ratio), compress(dense, ratio)]
+            opts = training_setup(models)
+            runners = [models[0], torch.compile(models[1], dynamic=False), models[2],
+                       torch.compile(models[3], dynamic=False)]
+            torch._dynamo.reset()
+            d, dc, h, hc = compare(*[lambda m=m, o=o: training_step(m, o, images, labels)
+                                     for m, o in zip(runners, opts)], rounds=args.rounds, steps=args.steps)
+            print(f"{ratio:5d} {batch:5d} | {d * 1e3:8.2f} {dc * 1e3:8.2f} {h * 1e3:9.2f} {hc * 1e3:8.2f} | "
+                  f"{h / d:17.2f}x {hc / dc:7.2f}x | {dc / d:19.2f}x {hc / h:5.2f}x")
+
+
+def autocast_table(dense: nn.Module, args: argparse.Namespace) -> None:
+    """(d): both steps under autocast bfloat16, hashed vs dense."""
+    print(f"\n(d) autocast bfloat16\n"
+          f"{'ratio':>5} {'batch':>5} | {'train dense ms':>14} {'hashed ms':>9} {'ratio':>6} | "
+          f"{'input-grad dense ms':>19} {'hashed ms':>9} {'ratio':>6}")
+    for ratio in (8, 64):
+        hashed = compress(dense, ratio)
+        for batch in (64, 256):
+            images, labels = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+            models = [dense, hashed]
+            opts = training_setup(models)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                t_dense, t_hashed = compare(lambda: training_step(dense, opts[0], images, labels),
+                                            lambda: training_step(hashed, opts[1], images, labels),
+                                            rounds=args.rounds, steps=args.steps)
+                for m in models:
+                    m.eval().requires_grad_(False)
+                g_dense, g_hashed = compare(lambda: input_gradient_step(dense, images, labels),
+                                            lambda: input_gradient_step(hashed, images, labels),
+                                            rounds=args.rounds, steps=args.steps)
+            print(f"{ratio:5d} {batch:5d} | {t_dense * 1e3:14.2f} {t_hashed * 1e3:9.2f} {t_hashed / t_dense:5.2f}x | "
+                  f"{g_dense * 1e3:19.2f} {g_hashed * 1e3:9.2f} {g_hashed / g_dense:5.2f}x")
 
 
 def checkpoint_bytes(model) -> int:
@@ -64,6 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--no-compile", action="store_true", help="skip table (c), which compiles 8 models")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.rounds} rounds "
@@ -76,19 +138,20 @@ def main() -> None:
         for batch in (64, 256):
             images, labels = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
             models = [dense, hashed]
-            for m in models:
-                m.train().requires_grad_(True)
-            opts = [torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for m in models]
+            opts = training_setup(models)
             t_dense, t_hashed = compare(lambda: training_step(dense, opts[0], images, labels),
                                         lambda: training_step(hashed, opts[1], images, labels),
-                                        args.rounds, args.steps)
+                                        rounds=args.rounds, steps=args.steps)
             for m in models:
                 m.eval().requires_grad_(False)  # what an attack does: frozen weights, cached V
             g_dense, g_hashed = compare(lambda: input_gradient_step(dense, images, labels),
                                         lambda: input_gradient_step(hashed, images, labels),
-                                        args.rounds, args.steps)
+                                        rounds=args.rounds, steps=args.steps)
             print(f"{ratio:5d} {batch:5d} | {t_dense * 1e3:14.2f} {t_hashed * 1e3:9.2f} {t_hashed / t_dense:5.2f}x | "
                   f"{g_dense * 1e3:19.2f} {g_hashed * 1e3:9.2f} {g_hashed / g_dense:5.2f}x")
+    if not args.no_compile:
+        compile_table(dense, args)
+    autocast_table(dense, args)
     print()
     dense_bytes = checkpoint_bytes(dense)
     for ratio in (8, 64):

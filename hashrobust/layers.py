@@ -35,21 +35,81 @@ HASHABLE_LAYERS = {"fc": (nn.Linear,), "all": (nn.Linear, nn.Conv2d)}
 
 
 class _HashedGather(torch.autograd.Function):
-    """V = sign * w[bucket] with a scatter-add backward (faster on CPU than autograd's index backward)."""
+    """V = sign * w[bucket] (HashedNets eq. 4); backward: the signed bucket sum (HashedNets eq. 6).
+
+    A new-style Function (PyTorch docs, "Extending torch.func with autograd.Function": `forward`
+    without ctx plus `setup_context`), so torch.func.grad, jacrev and vmap accept it. Forward and
+    backward are plain torch ops that vmap can batch, hence `generate_vmap_rule = True`. The backward
+    is an out-of-place scatter_add of grad * sign, itself differentiable (its derivative with respect
+    to the incoming gradient is this gather again), so double backward works: gradient penalties,
+    torch.autograd.gradgradcheck. scatter_add is faster on CPU than autograd's own backward of
+    `w[bucket]` (an index_put with accumulate).
+
+    Inputs: weight (K,), bucket32 (numel,) int32 for the gather, bucket (virtual shape) int64 for
+    the scatter, sign (virtual shape) of +-1; output (virtual shape).
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: Any, weight: Tensor, bucket32: Tensor, bucket: Tensor, sign: Tensor) -> Tensor:
+    def forward(weight: Tensor, bucket32: Tensor, bucket: Tensor, sign: Tensor) -> Tensor:
+        return weight.index_select(0, bucket32).view_as(sign).mul_(sign)  # fresh, so in place
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor, Tensor], output: Tensor) -> None:
+        weight, _, bucket, sign = inputs
         ctx.save_for_backward(bucket, sign)
-        ctx.num_real = weight.numel()
-        return weight.index_select(0, bucket32).view_as(sign).mul_(sign)  # (O, I) or (O, C, kh, kw); fresh, so in place
+        ctx.num_real = weight.shape[0]
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_virtual: Tensor) -> tuple[Tensor | None, None, None, None]:
         bucket, sign = ctx.saved_tensors
         signed = (grad_virtual * sign).reshape(-1)
-        grad_weight = signed.new_zeros(ctx.num_real).scatter_add_(0, bucket.reshape(-1), signed)
-        return grad_weight, None, None, None
+        zeros = torch.zeros(ctx.num_real, dtype=signed.dtype, device=signed.device)
+        return torch.scatter_add(zeros, 0, bucket.reshape(-1), signed), None, None, None
+
+
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits(t: Tensor) -> Tensor:
+    """`t`'s bits as integers, for an exact comparison: 64-bit words where they fit (a contiguous tensor of a
+    whole number of aligned words), else integers of its element size. Bits, not values: NaN equals NaN, and -0.0
+    differs from 0.0 (V's zeros keep their signs)."""
+    t = t.detach()
+    if not t.is_floating_point():
+        return t
+    size = t.element_size()
+    if t.is_contiguous() and (t.numel() * size) % 8 == 0 and (t.storage_offset() * size) % 8 == 0:
+        return t.reshape(-1).view(torch.int64)
+    return t.view(_INT_OF_SIZE[size])
+
+
+class _VCache:
+    """A virtual weight V and what it was built from: the bits of a copy of w, and the hash buffers themselves."""
+
+    __slots__ = ("weight", "bits", "sign", "bucket32", "buffer_versions", "virtual")
+
+    def __init__(self, weight: Tensor, sign: Tensor, bucket32: Tensor, virtual: Tensor) -> None:
+        self.weight = weight.detach().clone()
+        self.bits = _bits(self.weight)
+        self.sign, self.bucket32 = sign, bucket32  # held, so a new buffer cannot come back at a freed one's address
+        self.buffer_versions = (sign._version, bucket32._version)
+        self.virtual = virtual
+
+    def valid_for(self, w: Tensor, sign: Tensor, bucket32: Tensor) -> bool:
+        """Whether V is still sign * w[bucket]: the same buffers, unmodified, and w bit for bit as it was."""
+        saved = self.weight
+        return (sign is self.sign and bucket32 is self.bucket32
+                and self.buffer_versions == (sign._version, bucket32._version)
+                and w.dtype == saved.dtype and w.device == saved.device and w.shape == saved.shape
+                and self._same_bits(w))
+
+    def _same_bits(self, w: Tensor) -> bool:
+        bits = _bits(w)
+        if bits.dtype != self.bits.dtype:  # w is not word-aligned (a `.data` swap to a slice): element by element
+            return torch.equal(bits, self.weight.view(bits.dtype))
+        return torch.equal(bits, self.bits)  # no temporaries: cheaper inside an attack step than NumPy's compare
 
 
 class _HashedLayer(nn.Module):
@@ -69,7 +129,7 @@ class _HashedLayer(nn.Module):
         self.register_buffer("bucket32", torch.empty(0, dtype=torch.int32), persistent=False)
         self.register_buffer("sign", torch.empty(0, **factory), persistent=False)
         self._rebuild_hash()
-        self._cache: tuple[tuple, Tensor] | None = None
+        self._cache: _VCache | None = None
         self.reset_parameters()
 
     def _rebuild_hash(self) -> None:
@@ -94,19 +154,69 @@ class _HashedLayer(nn.Module):
     def virtual_weight(self) -> Tensor:
         """V = sign * w[bucket] (HashedNets eq. 4), of the dense layer's weight shape.
 
-        When w needs no gradient (frozen weights in an attack, or under
-        torch.no_grad()), V is cached and reused until w changes (its version
-        counter, storage, device or dtype); edit weights in place under
-        torch.no_grad(), not through `.data`, so the cache sees the change.
+        While w needs a gradient (training), V comes from `_HashedGather`, whose backward is eq. 6.
+        Otherwise (frozen weights, as `Attack` sets them, or torch.no_grad() / torch.inference_mode()),
+        V is cached, and it is never stale: it is reused only while w is bit for bit the copy of w
+        taken when V was built (torch.equal of the bits, O(K) for K real weights) and the hash buffers
+        are the same tensors, unmodified. So no change of w goes unseen, however it was made: an
+        optimizer step (fused kernels bump no version counter), `.data` (an assignment, or an
+        in-place edit of `.data`, which has its own version counter), load_state_dict, `.to()` /
+        `.half()`, an edit under no_grad, a new tensor at a freed tensor's address. Version counters
+        and data pointers are never trusted. The check reads 8 bytes per real weight, a fraction of
+        the gather it saves (O(virtual) = ratio x O(K)): in an attack step on mlp3 at ratio 8 and
+        batch 64 a few per cent, at batch 256 or ratio 64 about 1% (benchmarks/hashed_layer.py, (b)).
+
+        No cache under torch.compile (the compiled graph holds the gather, so it sees every weight
+        change) or inside a torch.func transform (grad, jacrev, vmap). A V built under
+        torch.inference_mode() is built with inference mode off: a normal tensor, usable by autograd
+        afterwards (an attack after an inference-mode evaluation). Neither a pickle
+        (torch.save(module)) nor a deep copy carries the cache.
         """
-        w = self.weight
-        if w.requires_grad and torch.is_grad_enabled():
-            return _HashedGather.apply(w, self.bucket32, self.bucket, self.sign)
-        key = (w._version, w.data_ptr(), w.device, w.dtype, self.sign.data_ptr())
-        if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                self._cache = (key, w.index_select(0, self.bucket32).view_as(self.sign).mul_(self.sign))
-        return self._cache[1]
+        w, sign, bucket32 = self.weight, self.sign, self.bucket32
+        if not self._may_cache(w):
+            return _HashedGather.apply(w, bucket32, self.bucket, sign)
+        cache = self._cache
+        if cache is not None and cache.valid_for(w, sign, bucket32):
+            return cache.virtual
+        with torch.inference_mode(False), torch.no_grad():
+            virtual = w.index_select(0, bucket32).view_as(sign).mul_(sign)
+            self._cache = _VCache(w, sign, bucket32, virtual)
+        return virtual
+
+    @staticmethod
+    def _may_cache(w: Tensor) -> bool:
+        if torch.compiler.is_compiling() or (w.requires_grad and torch.is_grad_enabled()):
+            return False
+        # Inside a torch.func transform even a plain w's detach() is wrapped (no storage to compare), and a V built
+        # there must not outlive it: no cache then.
+        return (type(w) in (Tensor, nn.Parameter) and w.device.type != "meta"
+                and not torch._C._are_functorch_transforms_active())
+
+    # Pickling (torch.save(module)) stores neither V nor the hash buffers, which are O(virtual) and rebuilt from
+    # the seed on load; a deep copy copies the buffers (cheaper than rebuilding) but not V.
+    _HASH_BUFFERS = ("bucket", "bucket32", "sign")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """nn.Module's state without V or the hash buffers: torch.save(module) holds the real weights only."""
+        state = super().__getstate__()
+        state["_cache"] = None
+        state["_buffers"] = {name: (None if name in self._HASH_BUFFERS else buffer)
+                             for name, buffer in state["_buffers"].items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__({**state, "_cache": None})  # a module pickled by an older version may carry a V
+        if any(self._buffers.get(name) is None for name in self._HASH_BUFFERS):
+            self._rebuild_hash()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _HashedLayer:
+        """What copy.deepcopy does for an nn.Module, less V: each copy builds its own."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        state = nn.Module.__getstate__(self)
+        state["_cache"] = None
+        new.__setstate__(copy.deepcopy(state, memo))
+        return new
 
     def project_(self, dense_weight: Tensor) -> _HashedLayer:
         """Set w to the least-squares fit of a dense weight: w[k] = mean over bucket k of sign * W.
@@ -202,7 +312,7 @@ class _HashedLayer(nn.Module):
                     param.copy_(values)
         self.seed, self.ratio = saved["seed"], saved["ratio"]
         self.bucket, self.bucket32, self.sign = saved["bucket"], saved["bucket32"], saved["sign"]
-        self._cache = saved["cache"]  # valid again if w is untouched; else its key no longer matches and V is rebuilt
+        self._cache = saved["cache"]  # checked against w and the buffers before any reuse, like every cache
 
     def extra_repr(self) -> str:
         return (f"ratio={self.ratio:g}, virtual={self.num_virtual}, real={self.weight.numel()}, "
@@ -221,6 +331,12 @@ class HashedLinear(_HashedLayer):
         bias: whether to add a (not hashed) bias.
 
     Shape: (N, I) -> (N, O).
+
+    Mixed precision: under torch.autocast, V is built in the weight's dtype (float32 for a float32 layer;
+    the gather and the sign product are not autocast ops) and cached in it when the weights are frozen;
+    F.linear casts V to the autocast dtype (e.g. bfloat16) at each call, as it casts a dense layer's
+    weight. The gradient comes back through that cast in float32, so the bucket sums of eq. 6 are
+    float32 sums and `weight.grad` has the weight's dtype.
 
     Example:
         >>> layer = HashedLinear(784, 1000, ratio=64)
@@ -257,6 +373,12 @@ class HashedConv2d(_HashedLayer):
         bias: whether to add a (not hashed) bias.
 
     Shape: (N, C, H, W) -> (N, O, H', W'), as nn.Conv2d with padding_mode="zeros".
+
+    Mixed precision: under torch.autocast, V is built in the weight's dtype (float32 for a float32 layer;
+    the gather and the sign product are not autocast ops) and cached in it when the weights are frozen;
+    F.conv2d casts V to the autocast dtype (e.g. bfloat16) at each call, as it casts a dense layer's
+    weight. The gradient comes back through that cast in float32, so the bucket sums of eq. 6 are
+    float32 sums and `weight.grad` has the weight's dtype.
 
     Example:
         >>> conv = HashedConv2d(1, 20, 5, ratio=8)

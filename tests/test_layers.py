@@ -1,5 +1,6 @@
 """HashedLinear / HashedConv2d against dense oracles, their gradients, checkpoints, cache and compress()."""
 import copy
+import inspect
 import io
 
 import pytest
@@ -372,3 +373,342 @@ def test_compress_and_decompress_accept_a_bare_layer():
         assert type(twin) in (nn.Linear, nn.Conv2d)
         torch.testing.assert_close(twin(x), layer(x), rtol=0, atol=1e-6)
         assert torch.equal(twin.weight, layer.virtual_weight().detach())
+
+
+# ----------------------------------------------------------------------------- torch.func, double backward, compile
+def _hashed_net() -> nn.Sequential:
+    """HashedConv2d + HashedLinear on 1 x 8 x 8 images, 5 classes."""
+    torch.manual_seed(0)
+    return nn.Sequential(HashedConv2d(1, 3, 3, ratio=4, seed=1), nn.ReLU(), nn.Flatten(),
+                         HashedLinear(3 * 6 * 6, 5, ratio=8, seed=2))
+
+
+def _batch(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return torch.rand(n, 1, 8, 8, generator=generator), torch.randint(0, 5, (n,), generator=generator)
+
+
+def _close_f32(actual: torch.Tensor, expected: torch.Tensor, terms: int) -> None:
+    """Two float32 sums of `terms` products in another order: each is within terms * eps * max|term| of the
+    exact value (standard summation bound); max|expected| stands in for the largest partial sum."""
+    eps = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=2 * terms * eps * expected.abs().max().item() + 1e-12)
+
+
+def test_per_sample_gradients_by_vmap_equal_a_loop_of_single_example_backwards():
+    model = _hashed_net()
+    x, y = _batch()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss_fn(params, image, label):
+        return F.cross_entropy(torch.func.functional_call(model, params, (image[None],)), label[None])
+
+    per_sample = torch.func.vmap(torch.func.grad(loss_fn), in_dims=(None, 0, 0))(params, x, y)
+    for i in range(len(x)):
+        model.zero_grad()
+        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        for name, p in model.named_parameters():
+            assert per_sample[name].shape == (len(x), *p.shape)
+            _close_f32(per_sample[name][i], p.grad, terms=6 * 6 * 8)  # conv: 36 positions x <= 8 bucket members
+
+
+def test_func_grad_and_jacrev_equal_autograd():
+    model = _hashed_net()
+    x, y = _batch(3)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    grads = torch.func.grad(lambda p: F.cross_entropy(torch.func.functional_call(model, p, (x,)), y))(params)
+    jac = torch.func.jacrev(lambda p: torch.func.functional_call(model, p, (x,)))(params)
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    for name, p in model.named_parameters():
+        _close_f32(grads[name], p.grad, terms=3 * 36 * 8)
+        expected = torch.autograd.functional.jacobian(
+            lambda w: torch.func.functional_call(model, {**params, name: w}, (x,)), p.detach())
+        assert jac[name].shape == (3, 5, *p.shape)
+        _close_f32(jac[name], expected, terms=36 * 8)
+
+
+def test_func_transforms_over_the_input_of_a_frozen_model_equal_autograd_and_leave_the_cache_sound():
+    """What a Jacobian-based attack does (JSMA's saliency map, per-example input gradients): frozen weights."""
+    model = _hashed_net().requires_grad_(False)
+    x, y = _batch(3)
+    with torch.no_grad():
+        before = model(x)
+    single = lambda image: model(image[None])[0]  # noqa: E731
+    jac = torch.func.vmap(torch.func.jacrev(single))(x)
+    for i in range(len(x)):
+        _close_f32(jac[i], torch.autograd.functional.jacobian(single, x[i]), terms=36 * 8)
+    per_example = torch.func.vmap(torch.func.grad(lambda image, label: F.cross_entropy(single(image)[None],
+                                                                                      label[None])))(x, y)
+    assert per_example.shape == x.shape
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+
+
+def test_gather_function_passes_gradgradcheck_in_float64():
+    from hashrobust.layers import _HashedGather
+
+    layer = HashedConv2d(2, 3, 3, ratio=5, seed=3).double()
+    w = layer.weight.detach().clone().requires_grad_()
+    gather = lambda w: _HashedGather.apply(w, layer.bucket32, layer.bucket, layer.sign)  # noqa: E731
+    assert torch.autograd.gradcheck(gather, (w,))
+    assert torch.autograd.gradgradcheck(gather, (w,))
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: HashedLinear(6, 5, ratio=3, seed=1), (3, 6)),
+    (lambda: HashedConv2d(2, 3, 3, ratio=2, seed=4, padding=1), (2, 2, 5, 5)),
+])
+def test_gradgradcheck_float64(make, shape):
+    torch.manual_seed(0)
+    layer = make().double()
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    call = lambda x, w, b: torch.func.functional_call(layer, {"weight": w, "bias": b}, (x,))  # noqa: E731
+    assert torch.autograd.gradgradcheck(call, (x, layer.weight, layer.bias))
+
+
+@pytest.mark.parametrize("penalised", ["input", "weight"])
+@pytest.mark.parametrize("make, shape", [
+    (lambda: HashedLinear(12, 7, ratio=3, seed=1), (4, 12)),
+    (lambda: HashedConv2d(2, 3, 3, ratio=2, seed=4, padding=1), (2, 2, 5, 5)),
+])
+def test_gradient_penalty_reaches_the_real_weights_as_through_the_dense_twin(make, shape, penalised):
+    """||d loss / d x||^2 (input) or ||d loss / d w||^2 (weight) backpropagated to w: the hashed layer's own
+    backward must be differentiable for the second; both must equal the dense layer of weight
+    V = sign * w[bucket] built by autograd's (twice differentiable) indexing, i.e. the chain rule through V."""
+    torch.manual_seed(0)
+    layer = make()
+    dense = decompress(layer)  # nn.Linear / nn.Conv2d of the same geometry; its weight is V, passed below
+    x = torch.randn(*shape)
+
+    def penalty(forward, w):
+        inp = x.clone().requires_grad_()
+        loss = forward(inp, w).tanh().pow(2).sum()
+        (g,) = torch.autograd.grad(loss, inp if penalised == "input" else w, create_graph=True)
+        return g.pow(2).sum()
+
+    bias = layer.bias.detach()
+    (ours,) = torch.autograd.grad(penalty(
+        lambda inp, w: torch.func.functional_call(layer, {"weight": w, "bias": bias}, (inp,)), layer.weight),
+        layer.weight)
+    w_ref = layer.weight.detach().clone().requires_grad_()
+    (expected,) = torch.autograd.grad(penalty(
+        lambda inp, w: torch.func.functional_call(dense, {"weight": layer.sign * w[layer.bucket], "bias": bias},
+                                                  (inp,)), w_ref), w_ref)
+    assert ours is not None and expected.abs().max() > 0
+    _close_f32(ours, expected, terms=4 * 25 * 8)
+
+
+def test_torch_compile_of_a_hashed_model_matches_eager_in_training_and_in_eval():
+    """Inductor (the default backend; gcc is on these machines), one graph: no break at the V cache."""
+    torch._dynamo.reset()
+    model = _hashed_net()
+    x, y = _batch()
+    compiled = torch.compile(model, fullgraph=True)
+    F.cross_entropy(compiled(x), y).backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    for name, p in model.named_parameters():
+        _close_f32(grads[name], p.grad, terms=6 * 36 * 8)
+    model.eval().requires_grad_(False)  # the attack path: frozen weights
+    with torch.no_grad():
+        _close_f32(compiled(x), model(x), terms=3 * 36)
+        for layer in (model[0], model[3]):  # the compiled graph must not have frozen V in as a constant
+            layer.weight.mul_(-2)
+        _close_f32(compiled(x), F.linear(F.relu(F.conv2d(x, _expanded(model[0]), model[0].bias)).flatten(1),
+                                         _expanded(model[3]), model[3].bias), terms=3 * 36)
+
+
+def test_torch_compile_of_the_shipped_mlp3_r8_matches_eager():
+    from hashrobust.zoo import load_pretrained
+
+    torch._dynamo.reset()
+    model = load_pretrained("mnist", "mlp3", 8)
+    x, y = _batch(16)
+    x = F.interpolate(x, size=(28, 28))
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        model.requires_grad_(False)
+        _close_f32(compiled(x), model(x), terms=1000)
+        model.requires_grad_(True)
+    model.train()
+    F.cross_entropy(compiled(x), y).backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    for name, p in model.named_parameters():
+        _close_f32(grads[name], p.grad, terms=16 * 64)
+
+
+def test_autocast_bf16_trains_and_attacks_a_hashed_model():
+    from hashrobust.attacks import FGSM, PGD
+
+    model = _hashed_net()
+    x, y = _batch(8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    loss.backward()
+    for p in model.parameters():
+        assert p.grad.dtype == p.dtype == torch.float32 and torch.isfinite(p.grad).all()
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for attack in (FGSM(model, eps=0.1), PGD(model, eps=0.1, alpha=0.04, steps=3)):
+            adv = attack(x, y)
+            assert adv.dtype == torch.float32 and torch.isfinite(adv).all()
+            assert (adv - x).abs().max() <= 0.1 + 1e-6
+    assert all(p.requires_grad for p in model.parameters())  # the attacks gave the flags back
+
+
+# ----------------------------------------------------------------------------- the V cache is never stale
+def _optimizer_cases() -> list:
+    cases = []
+    for name in sorted(torch.optim.__all__):
+        cls = getattr(torch.optim, name)
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+            continue
+        parameters = inspect.signature(cls.__init__).parameters
+        cases += [pytest.param(cls, flag, id=f"{name}-{flag}") for flag in ("fused", "foreach") if flag in parameters]
+    return cases
+
+
+@pytest.mark.parametrize("optimizer, flag", _optimizer_cases())
+def test_fused_and_foreach_optimizer_steps_never_leave_a_stale_virtual_weight(optimizer, flag):
+    torch.manual_seed(0)
+    layer = HashedLinear(10, 4, ratio=2)
+    x = torch.randn(8, 10)
+    try:
+        opt = optimizer(layer.parameters(), lr=0.1, **{flag: True})
+        for _ in range(2):
+            with torch.no_grad():
+                layer(x)  # fills the cache
+            opt.zero_grad()
+            layer(x).pow(2).sum().backward()
+            opt.step()
+    except RuntimeError as error:  # e.g. fused=True on a device the kernel does not support
+        if flag == "fused" and "fused" in str(error):
+            pytest.skip(f"{optimizer.__name__}(fused=True) does not run on CPU: {error}")
+        raise
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, _expanded(layer), layer.bias), rtol=0, atol=1e-6)
+
+
+def test_inference_mode_forward_does_not_poison_the_cache():
+    from hashrobust.attacks import FGSM
+
+    model = _hashed_net()
+    x, y = _batch(4)
+    with torch.inference_mode():
+        expected = model(x)
+    adv = FGSM(model, eps=0.1)(x, y)  # frozen weights: the cached V, inside autograd
+    assert torch.isfinite(adv).all()
+    model.requires_grad_(False)
+    with torch.inference_mode():
+        model(x)
+    assert not model[3].virtual_weight().is_inference()
+    model.requires_grad_(True)
+    F.cross_entropy(model(x), y).backward()  # a training step after inference mode
+    assert all(p.grad is not None for p in model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+
+
+def _module_bytes(module: nn.Module) -> int:
+    buffer = io.BytesIO()
+    torch.save(module, buffer)  # the whole module, pickled
+    return buffer.tell()
+
+
+def _assert_fresh(layer, x) -> None:
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, _expanded(layer), layer.bias))
+
+
+def test_data_swaps_never_leave_a_stale_virtual_weight():
+    torch.manual_seed(0)
+    layer = HashedLinear(100, 50, ratio=8)  # 625 real weights: the old (version, data_ptr) key was stale in 47 of 50
+    x = torch.randn(3, 100)
+    stale = 0
+    for _ in range(50):
+        with torch.no_grad():
+            layer(x)
+        layer.weight.data = torch.randn(layer.weight.shape)  # two swaps: the allocator may hand the first
+        layer.weight.data = torch.randn(layer.weight.shape)  # address back to the second
+        with torch.no_grad():
+            stale += not torch.allclose(layer(x), F.linear(x, _expanded(layer), layer.bias), rtol=0, atol=1e-6)
+    assert stale == 0, f"stale V in {stale} of 50 double swaps"
+
+
+def _load_other(layer) -> None:
+    layer.load_state_dict(HashedLinear(20, 10, ratio=4, seed=layer.seed).state_dict())
+
+
+CHANGES = {  # what may change the real weights between two no_grad forwards
+    "load_state_dict": _load_other,
+    "data in place": lambda layer: layer.weight.data.mul_(-2),  # .data has its own version counter
+    "in place under no_grad": lambda layer: layer.weight.mul_(3),
+    "index assignment": lambda layer: layer.weight.__setitem__(slice(0, 5), 0.5),
+    "init": lambda layer: nn.init.normal_(layer.weight),
+    "to float64": lambda layer: layer.to(torch.float64),
+    "double": lambda layer: layer.double(),
+    "half then float": lambda layer: layer.half().float(),
+    "to cpu": lambda layer: layer.to("cpu"),
+    "copy_": lambda layer: layer.weight.copy_(torch.randn(layer.weight.shape)),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES.values(), ids=CHANGES.keys())
+def test_every_weight_change_invalidates_the_cache(change):
+    torch.manual_seed(0)
+    layer = HashedLinear(20, 10, ratio=4)
+    with torch.no_grad():
+        layer(torch.randn(3, 20))  # fills the cache
+        change(layer)
+    _assert_fresh(layer, torch.randn(3, 20, dtype=layer.weight.dtype))
+
+
+def test_half_layer_uses_a_fresh_half_virtual_weight():
+    torch.manual_seed(0)
+    layer = HashedLinear(20, 10, ratio=4)
+    with torch.no_grad():
+        layer(torch.randn(3, 20))
+    layer.half()
+    with torch.no_grad():
+        assert layer.virtual_weight().dtype == torch.float16
+        assert torch.equal(layer.virtual_weight(), _expanded(layer))
+
+
+def test_torch_save_of_a_whole_module_holds_the_real_weights_only():
+    layer = HashedLinear(100, 50, ratio=8)
+    before = _module_bytes(layer)
+    with torch.no_grad():
+        layer(torch.randn(2, 100))
+    virtual_bytes = layer.num_virtual * 4
+    assert _module_bytes(layer) <= before + 64  # no V
+    assert before <= _saved_bytes(layer) + 2048 < virtual_bytes / 2  # the state_dict and the module's own attributes
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    _assert_fresh(loaded, torch.randn(2, 100))
+
+
+def test_deepcopy_carries_no_cache_and_shares_none():
+    torch.manual_seed(0)
+    layer = HashedLinear(100, 50, ratio=8)
+    x = torch.randn(2, 100)
+    before = _module_bytes(layer)
+    with torch.no_grad():
+        layer(x)
+    twin = copy.deepcopy(layer)
+    assert _module_bytes(twin) <= before + 64
+    with torch.no_grad():
+        twin.weight.mul_(-1)
+        layer(x), twin(x)
+        layer.weight.add_(1)
+    _assert_fresh(twin, x)
+    _assert_fresh(layer, x)
