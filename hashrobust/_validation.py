@@ -42,39 +42,82 @@ def check_choice(value: object, name: str, choices: Iterable[str]) -> str:
     return value  # type: ignore[return-value]
 
 
-DEVICE_FORMS = "'cpu', 'cuda' or 'cuda:<index>' (e.g. 'cuda:1')"
+DEVICE_FORMS = "'cpu', 'cuda', 'cuda:<index>' (e.g. 'cuda:1') or 'mps'"
+
+
+def available_devices() -> list[str]:
+    """The devices this machine has, as check_device accepts them: 'cpu', then 'cuda:0', 'cuda:1', ..., then 'mps'.
+
+    ['cpu', 'cuda:0', 'cuda:1'] on a machine with two GPUs, ['cpu', 'mps'] on Apple silicon.
+
+    Example:
+        >>> available_devices()[0]
+        'cpu'
+    """
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def _quoted(devices: list[str], last: str) -> str:
+    """['cpu', 'mps'] -> "'cpu' or 'mps'" (last='or'); ['cpu', 'cuda:0'] -> "'cpu', 'cuda:0'" (last=',')."""
+    quoted = [repr(d) for d in devices]
+    if last == "," or len(quoted) == 1:
+        return ", ".join(quoted)
+    return f"{', '.join(quoted[:-1])} {last} {quoted[-1]}"
 
 
 def check_device(value: object, owner: str, name: str = "device") -> torch.device:
-    """Return `value` as a torch.device if it is the CPU or a CUDA device this machine has; else raise ValueError.
+    """Return `value` as a torch.device if it is the CPU, or a CUDA or MPS device this machine has; else ValueError.
+
+    Every public function that puts a model or tensors on a device calls this first, before it reads a
+    file or moves anything, so a device the machine lacks gives this one message, not torch's.
 
     Args:
-        value: e.g. "cpu", "cuda", "cuda:1" or a torch.device.
+        value: e.g. "cpu", "cuda", "cuda:1", "mps" or a torch.device.
         owner: who asks, as the message names it (a function, or "hashrobust analyze").
         name: the parameter, as the user spelled it ("device", "--device").
 
-    Example message:
+    Example messages:
+
+        The 'device' parameter of run_analysis must be 'cpu', 'cuda', 'cuda:<index>' (e.g. 'cuda:1') or 'mps'.
+        Got 'gpu' instead. Available on this machine: 'cpu'.
 
         The 'device' parameter of run_analysis asks for 'cuda', but this machine has no CUDA device
         (torch.cuda.is_available() is False); use 'cpu'.
     """
-    malformed = ValueError(f"The '{name}' parameter of {owner} must be {DEVICE_FORMS}. Got {value!r} instead.")
+    def malformed() -> ValueError:
+        return ValueError(f"The '{name}' parameter of {owner} must be {DEVICE_FORMS}. Got {value!r} instead. "
+                          f"Available on this machine: {_quoted(available_devices(), ',')}.")
+
     if not isinstance(value, (str, torch.device)):
-        raise malformed
+        raise malformed()
     try:
         device = torch.device(value)
     except (RuntimeError, ValueError) as error:
-        raise malformed from error
-    if device.type not in ("cpu", "cuda"):
-        raise malformed
+        raise malformed() from error
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise malformed()
+    asked = f"The '{name}' parameter of {owner} asks for {str(value)!r}, but"
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"The '{name}' parameter of {owner} asks for {str(value)!r}, but this machine has no "
-                             "CUDA device (torch.cuda.is_available() is False); use 'cpu'.")
+            others = [d for d in available_devices() if not d.startswith("cuda")]
+            raise ValueError(f"{asked} this machine has no CUDA device (torch.cuda.is_available() is False); "
+                             f"use {_quoted(others, 'or')}.")
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise ValueError(f"The '{name}' parameter of {owner} asks for {str(value)!r}, but the CUDA devices of "
-                             f"this machine are {', '.join(f'cuda:{i}' for i in range(count))}.")
+            raise ValueError(f"{asked} the CUDA devices of this machine are "
+                             f"{', '.join(f'cuda:{i}' for i in range(count))}.")
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            others = [d for d in available_devices() if d != "mps"]
+            raise ValueError(f"{asked} this machine has no MPS device (torch.backends.mps.is_available() is False); "
+                             f"use {_quoted(others, 'or')}.")
+        if device.index not in (None, 0):
+            raise ValueError(f"{asked} the MPS device of this machine is mps:0.")
     return device
 
 

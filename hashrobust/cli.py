@@ -34,6 +34,8 @@ def _train(args: argparse.Namespace) -> int:
     if DATASET_OF_ARCH[args.arch] != args.dataset:
         raise SystemExit(f"error: arch {args.arch!r} is built for {DATASET_OF_ARCH[args.arch]!r}, "
                          f"not {args.dataset!r}")
+    if args.device is not None:  # checked before any data or checkpoint is read
+        _device(args)
     base = RECIPES[args.arch]
     lr = args.lr if args.lr is not None else (base.lr / 5 if args.from_dense else base.lr)
     recipe = replace(base, lr=lr, seed=args.seed,
@@ -95,7 +97,7 @@ def _zoo(args: argparse.Namespace) -> int:
 
 
 DEFAULT_ANALYSIS_ARCHS = {"mnist": ["mlp3"], "cifar10": ["cifar_cnn"]}
-DEVICE_HELP = "torch device for the models and images, e.g. cpu, cuda, cuda:1 (default: cpu)"
+DEVICE_HELP = "torch device for the models and images, e.g. cpu, cuda, cuda:1, mps (default: cpu)"
 
 
 def _device(args: argparse.Namespace) -> torch.device:
@@ -163,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--from-dense", metavar="CKPT", help="compress this dense checkpoint, then fine-tune")
-    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: cuda if available)")
     t.add_argument("--out", default=None, help=f"checkpoint folder (default {CHECKPOINT_DIR})")
     t.set_defaults(func=_train)
 

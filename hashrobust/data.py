@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ._validation import check_choice
+from ._validation import check_choice, check_device
 
 __all__ = ["ImageDataset", "load_dataset", "data_root", "CIFAR10_CLASSES", "DATASETS"]
 
@@ -59,7 +59,12 @@ class ImageDataset(Dataset):
         return ImageDataset(self.images[:n], self.labels[:n], self.name, self.split, self.variant)
 
     def to(self, device: torch.device | str) -> ImageDataset:
-        """The same examples with images and labels on `device` (the tensors themselves where they already are)."""
+        """The same examples with images and labels on `device` (the tensors themselves where they already are).
+
+        `device`: "cpu", "cuda", "cuda:1", "mps" or a torch.device; one this machine lacks raises ValueError
+        (`_validation.check_device`) naming it and the devices the machine has.
+        """
+        device = check_device(device, "ImageDataset.to")
         return ImageDataset(self.images.to(device), self.labels.to(device), self.name, self.split, self.variant)
 
     @property

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ._validation import check_number, evaluating
+from ._validation import check_device, check_number, evaluating
 from .data import ImageDataset
 
 __all__ = ["TrainRecipe", "set_seed", "train", "evaluate", "predict", "default_device", "RECIPES"]
@@ -57,8 +57,11 @@ RECIPES = {
 
 
 def default_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when available, else CPU: where `train` runs without a `device`.
+
+    MPS is never picked: it is used only when asked for (`train(..., device="mps")`).
+    """
+    return check_device("cuda" if torch.cuda.is_available() else "cpu", "default_device")
 
 
 def set_seed(seed: int) -> None:
@@ -90,13 +93,16 @@ def train(model: nn.Module, train_set: ImageDataset, recipe: TrainRecipe | None 
     augmentation draw from a generator seeded by it (dropout from torch's
     global RNG, which is seeded too).
 
+    `device`: "cpu", "cuda", "cuda:1", "mps" or a torch.device; None picks `default_device()`. It is
+    checked first (`_validation.check_device`), before the seed is set or the model is moved.
+
     Example:
         >>> history = train(build_model("mlp3"), load_dataset("mnist", "train"), TrainRecipe(epochs=1))
         >>> round(history[-1]["train_accuracy"], 2) > 0.9
         True
     """
+    device = check_device(device, "train") if device is not None else default_device()
     recipe = recipe or TrainRecipe()
-    device = torch.device(device) if device is not None else default_device()
     set_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     model.to(device).train()

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._validation import check_choice
+from ._validation import check_choice, check_device
 from .data import PROJECT_DIR
 from .models import build_model
 
@@ -120,17 +120,19 @@ def save_checkpoint(model: nn.Module, dataset: str, arch: str, ratio: float, has
 
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
-    """An eval-mode model from a checkpoint file, verified against the manifest beside it.
+    """An eval-mode model from a checkpoint file, verified against the manifest beside it, on `device`.
 
-    The file is read once; the bytes whose size and sha256 match the manifest entry are the
-    bytes loaded. In the shipped zoo (CHECKPOINT_DIR) the manifest must first match MANIFEST_SHA256;
-    manifests in other folders are not pinned.
+    `device` ("cpu", "cuda", "cuda:1", "mps" or a torch.device) is checked first, before any file is
+    read (`_validation.check_device`). The file is read once; the bytes whose size and sha256 match
+    the manifest entry are the bytes loaded. In the shipped zoo (CHECKPOINT_DIR) the manifest must
+    first match MANIFEST_SHA256; manifests in other folders are not pinned.
 
     Raises:
         FileNotFoundError: the file, or its manifest entry, is missing.
-        ValueError: the file's size or sha256 differs from the manifest (tampered or truncated), or
-            the shipped manifest's sha256 differs from the pin.
+        ValueError: `device` is malformed or not on this machine; the file's size or sha256 differs from
+            the manifest (tampered or truncated), or the shipped manifest's sha256 differs from the pin.
     """
+    device = check_device(device, "load_checkpoint")
     path = Path(path)
     manifest = _verified_manifest(path.parent)
     if not path.is_file():
@@ -160,7 +162,8 @@ def load_pretrained(dataset: str, arch: str, ratio: float = 1, device: torch.dev
         dataset: "mnist" or "cifar10".
         arch: e.g. "mlp3", "lenet", "cifar_cnn".
         ratio: compression ratio (1 = dense).
-        device: where to put the model.
+        device: where to put the model: "cpu", "cuda", "cuda:1", "mps" or a torch.device; checked first,
+            before any file is read (`_validation.check_device`).
 
     Example:
         >>> model = load_pretrained("mnist", "mlp3", ratio=8)
@@ -169,6 +172,7 @@ def load_pretrained(dataset: str, arch: str, ratio: float = 1, device: torch.dev
 
     Used in: every notebook from 01_hashednets.ipynb on.
     """
+    device = check_device(device, "load_pretrained")
     directory = Path(directory or CHECKPOINT_DIR)
     name = checkpoint_name(dataset, arch, ratio)
     manifest = read_manifest(directory)

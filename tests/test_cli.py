@@ -8,7 +8,7 @@ import hashrobust.cli
 from hashrobust import __version__
 from hashrobust.cli import main
 from hashrobust.data import load_dataset
-from hashrobust.zoo import load_checkpoint, read_manifest
+from hashrobust.zoo import CHECKPOINT_DIR, load_checkpoint, read_manifest
 
 TRAIN = ["train", "--dataset", "mnist", "--arch", "mlp3", "--epochs", "1"]
 
@@ -165,12 +165,35 @@ def test_device_cuda_without_cuda_is_a_clear_error(command, monkeypatch, tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.fixture
+def cpu_only(monkeypatch):
+    """This machine has the CPU only, whatever it really has: the messages name the devices available."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
 @pytest.mark.parametrize("command", sorted(EXPERIMENTS))
-def test_device_gpu_is_a_malformed_device(command, tmp_path, capsys):
+def test_device_gpu_is_a_malformed_device(command, tmp_path, capsys, cpu_only):
     assert main([command, "--dataset", "mnist", "--n", "4", "--device", "gpu", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (
-        f"hashrobust: error: The '--device' parameter of hashrobust {command} must be 'cpu', 'cuda' or "
-        "'cuda:<index>' (e.g. 'cuda:1'). Got 'gpu' instead.\n")
+        f"hashrobust: error: The '--device' parameter of hashrobust {command} must be 'cpu', 'cuda', "
+        "'cuda:<index>' (e.g. 'cuda:1') or 'mps'. Got 'gpu' instead. Available on this machine: 'cpu'.\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_checks_the_device_before_reading_data_or_checkpoints(tmp_path, capsys, cpu_only, monkeypatch):
+    def no_reading(*args, **kwargs):
+        raise AssertionError("data or a checkpoint was read before the device was checked")
+
+    monkeypatch.setattr("hashrobust.cli.load_dataset", no_reading)
+    monkeypatch.setattr("hashrobust.cli.load_checkpoint", no_reading)
+    dense = str(CHECKPOINT_DIR / "mnist-mlp3-r1.pt")
+    argv = ["train", "--dataset", "mnist", "--arch", "mlp3", "--ratio", "8", "--from-dense", dense, "--device", "gpu",
+            "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        "hashrobust: error: The '--device' parameter of hashrobust train must be 'cpu', 'cuda', "
+        "'cuda:<index>' (e.g. 'cuda:1') or 'mps'. Got 'gpu' instead. Available on this machine: 'cpu'.\n")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -199,5 +222,5 @@ def test_device_is_in_the_help(command, capsys):
         main([command, "--help"])
     assert excinfo.value.code == 0
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "--device DEVICE torch device for the models and images, e.g. cpu, cuda, cuda:1 (default: cpu)" \
+    assert "--device DEVICE torch device for the models and images, e.g. cpu, cuda, cuda:1, mps (default: cpu)" \
         in help_text
