@@ -91,10 +91,9 @@ def compile_table(dense: nn.Module, args: argparse.Namespace) -> None:
                   f"{h / d:17.2f}x {hc / dc:7.2f}x | {dc / d:19.2f}x {hc / h:5.2f}x")
 
 
-def autocast_table(dense: nn.Module, args: argparse.Namespace) -> None:
-    """(d): both steps under autocast bfloat16, hashed vs dense."""
-    print(f"\n(d) autocast bfloat16\n"
-          f"{'ratio':>5} {'batch':>5} | {'train dense ms':>14} {'hashed ms':>9} {'ratio':>6} | "
+def steps_table(dense: nn.Module, args: argparse.Namespace, title: str, autocast: bool = False) -> None:
+    """A training step and an input-gradient step (frozen weights, cached V), hashed vs dense, eager."""
+    print(f"{title}{'ratio':>5} {'batch':>5} | {'train dense ms':>14} {'hashed ms':>9} {'ratio':>6} | "
           f"{'input-grad dense ms':>19} {'hashed ms':>9} {'ratio':>6}")
     for ratio in (8, 64):
         hashed = compress(dense, ratio)
@@ -102,12 +101,12 @@ def autocast_table(dense: nn.Module, args: argparse.Namespace) -> None:
             images, labels = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
             models = [dense, hashed]
             opts = training_setup(models)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 t_dense, t_hashed = compare(lambda: training_step(dense, opts[0], images, labels),
                                             lambda: training_step(hashed, opts[1], images, labels),
                                             rounds=args.rounds, steps=args.steps)
                 for m in models:
-                    m.eval().requires_grad_(False)
+                    m.eval().requires_grad_(False)  # what an attack does: frozen weights, cached V
                 g_dense, g_hashed = compare(lambda: input_gradient_step(dense, images, labels),
                                             lambda: input_gradient_step(hashed, images, labels),
                                             rounds=args.rounds, steps=args.steps)
@@ -130,28 +129,11 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.rounds} rounds "
           f"x {args.steps} steps\n")
-    print(f"{'ratio':>5} {'batch':>5} | {'train dense ms':>14} {'hashed ms':>9} {'ratio':>6} | "
-          f"{'input-grad dense ms':>19} {'hashed ms':>9} {'ratio':>6}")
     dense = build_model("mlp3")
-    for ratio in (8, 64):
-        hashed = compress(dense, ratio)
-        for batch in (64, 256):
-            images, labels = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
-            models = [dense, hashed]
-            opts = training_setup(models)
-            t_dense, t_hashed = compare(lambda: training_step(dense, opts[0], images, labels),
-                                        lambda: training_step(hashed, opts[1], images, labels),
-                                        rounds=args.rounds, steps=args.steps)
-            for m in models:
-                m.eval().requires_grad_(False)  # what an attack does: frozen weights, cached V
-            g_dense, g_hashed = compare(lambda: input_gradient_step(dense, images, labels),
-                                        lambda: input_gradient_step(hashed, images, labels),
-                                        rounds=args.rounds, steps=args.steps)
-            print(f"{ratio:5d} {batch:5d} | {t_dense * 1e3:14.2f} {t_hashed * 1e3:9.2f} {t_hashed / t_dense:5.2f}x | "
-                  f"{g_dense * 1e3:19.2f} {g_hashed * 1e3:9.2f} {g_hashed / g_dense:5.2f}x")
+    steps_table(dense, args, "")
     if not args.no_compile:
         compile_table(dense, args)
-    autocast_table(dense, args)
+    steps_table(dense, args, "\n(d) autocast bfloat16\n", autocast=True)
     print()
     dense_bytes = checkpoint_bytes(dense)
     for ratio in (8, 64):

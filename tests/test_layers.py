@@ -43,10 +43,14 @@ def test_conv_matches_dense_oracle():
     assert torch.allclose(conv(x), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("make, shape", [
+# Small float64-friendly layers and an input shape for each: the gradient checks' cases.
+SMALL_LAYERS = [
     (lambda: HashedLinear(6, 5, ratio=3, seed=1), (3, 6)),
     (lambda: HashedConv2d(2, 3, 3, ratio=2, seed=4, padding=1), (2, 2, 5, 5)),
-])
+]
+
+
+@pytest.mark.parametrize("make, shape", SMALL_LAYERS)
 def test_gradcheck_float64(make, shape):
     torch.manual_seed(0)
     layer = make().double()
@@ -455,10 +459,7 @@ def test_gather_function_passes_gradgradcheck_in_float64():
     assert torch.autograd.gradgradcheck(gather, (w,))
 
 
-@pytest.mark.parametrize("make, shape", [
-    (lambda: HashedLinear(6, 5, ratio=3, seed=1), (3, 6)),
-    (lambda: HashedConv2d(2, 3, 3, ratio=2, seed=4, padding=1), (2, 2, 5, 5)),
-])
+@pytest.mark.parametrize("make, shape", SMALL_LAYERS)
 def test_gradgradcheck_float64(make, shape):
     torch.manual_seed(0)
     layer = make().double()
