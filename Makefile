@@ -79,6 +79,7 @@ zoo-cifar: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis data/cache
+	rm -f "$${HASHROBUST_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/hashrobust}"/cifar10-jpeg-*.npz
 
 # Drive notebook 03's explorer in a real browser: Debian's chromium, PyPI playwright (never
 # playwright's own browser download), a throwaway JupyterLab on a copy of notebooks/.

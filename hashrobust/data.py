@@ -1,17 +1,21 @@
 """MNIST and CIFAR-10 as tensors in [0, 1]: official files, torchvision download, or the offline stand-in.
 
 Where the data comes from (first match wins), for `root` = the argument, else
-$HASHROBUST_DATA, else the repository's `data/`:
+$HASHROBUST_DATA, else the repository's `data/` (see `data_root` for how a
+relative path is resolved):
 
 1. official files already under root (torchvision's layout: MNIST/raw/...,
    cifar-10-batches-py/...);
 2. CIFAR-10 only: `cifar10-jpeg.zip` under root, the JPEG (quality 75)
    re-encoding of CIFAR-10 used on machines without internet; decoded once
-   and cached as uint8 under data/cache/ (git-ignored). Its pixels are not
-   the official ones, and every result on it says so through `.variant`;
-3. torchvision's download of the official files into root (needs internet).
+   and cached as uint8 in $HASHROBUST_CACHE, else the user's cache folder
+   (`~/.cache/hashrobust` on Linux), never in the repository. Its pixels are
+   not the official ones, and every result on it says so through `.variant`;
+3. torchvision's download of the official files into root (needs internet;
+   only into a root that exists: a missing root is never created).
 
-Nothing available raises one error that names HASHROBUST_DATA and the download.
+Nothing available raises one error that names the absolute root, HASHROBUST_DATA
+and the download.
 """
 from __future__ import annotations
 
@@ -74,16 +78,82 @@ class ImageDataset(Dataset):
         return f"{pretty} {self.split} ({self.variant})"
 
 
+def _in_source_checkout() -> bool:
+    """True when hashrobust is imported from a source checkout (pyproject.toml beside the package)."""
+    return (PROJECT_DIR / "pyproject.toml").is_file()
+
+
+def _absolute(path: str | os.PathLike, base: Path) -> Path:
+    """`path` with ~ expanded, joined to `base` if relative, and '..' folded (no symlink is followed)."""
+    path = Path(path).expanduser()
+    return Path(os.path.normpath(path if path.is_absolute() else base / path))
+
+
+def _from_environment(variable: str) -> Path | None:
+    """$variable as an absolute path (the rule of `data_root`), or None where it is unset or empty."""
+    value = os.environ.get(variable)
+    if not value:
+        return None
+    return _absolute(value, PROJECT_DIR if _in_source_checkout() else Path.cwd())
+
+
 def data_root(root: str | os.PathLike | None = None) -> Path:
-    """The data folder: `root`, else $HASHROBUST_DATA, else the repository's data/."""
+    """The data folder, always as an absolute path: `root`, else $HASHROBUST_DATA, else the repository's data/.
+
+    - `root` (the argument) is a Python path: a relative one is taken from the current working directory.
+    - An absolute $HASHROBUST_DATA is used as is (after expanding a leading ~).
+    - A relative $HASHROBUST_DATA is resolved against the repository root (PROJECT_DIR, the folder holding
+      pyproject.toml) when hashrobust runs from a source checkout, so the README's
+      `export HASHROBUST_DATA=../shared/datasets` means the same folder for `make test` (run in the
+      repository) and for a notebook kernel (started in notebooks/); for an installed (non-checkout)
+      hashrobust it is resolved against the current working directory.
+
+    Every "data not found" error names this absolute path. Nothing here touches the disk but the
+    check for pyproject.toml.
+    """
     if root is not None:
-        return Path(root)
-    env = os.environ.get("HASHROBUST_DATA")
-    return Path(env) if env else PROJECT_DIR / "data"
+        return _absolute(root, Path.cwd())
+    return _from_environment("HASHROBUST_DATA") or PROJECT_DIR / "data"
+
+
+def _describe(folder: Path, root: str | os.PathLike | None) -> str:
+    """Where `folder` came from, for error messages."""
+    if root is not None:
+        return f"root={str(root)!r}"
+    value = os.environ.get("HASHROBUST_DATA")
+    if not value:
+        return "the default: HASHROBUST_DATA is not set"
+    if Path(value).expanduser().is_absolute():
+        return f"HASHROBUST_DATA={value}"
+    base = "the repository root" if _in_source_checkout() else "the current working directory"
+    return f"HASHROBUST_DATA={value}, relative, so resolved against {base}"
+
+
+def _user_cache_dir() -> Path:
+    """The user's cache folder for hashrobust: platformdirs' where it is installed, else $XDG_CACHE_HOME or ~/.cache."""
+    try:
+        import platformdirs
+    except ImportError:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return _absolute(base, Path.cwd()) / "hashrobust"
+    return Path(platformdirs.user_cache_dir("hashrobust", appauthor=False))
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("HASHROBUST_CACHE", PROJECT_DIR / "data" / "cache"))
+    """Where decoded data are cached: $HASHROBUST_CACHE (relative: as for HASHROBUST_DATA), else the user's cache.
+
+    Never site-packages or the repository (`~/.cache/hashrobust` on Linux, honouring $XDG_CACHE_HOME).
+    """
+    return _from_environment("HASHROBUST_CACHE") or _user_cache_dir()
+
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _mnist_found(folder: Path) -> bool:
+    """True when the four official MNIST files are under folder/MNIST/raw (what torchvision reads offline)."""
+    raw = folder / "MNIST" / "raw"
+    return all((raw / name).is_file() for name in MNIST_FILES)
 
 
 def _to_dataset(images_uint8: np.ndarray | Tensor, labels, name: str, split: str, variant: str) -> ImageDataset:
@@ -126,13 +196,36 @@ def _load_stand_in(zip_path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _missing(name: str, root: Path, error: Exception) -> FileNotFoundError:
+def _missing(name: str, folder: Path, source: str, error: Exception | None) -> FileNotFoundError:
     extra = f" or {STAND_IN_ZIP}" if name == "cifar10" else ""
+    if error is None:
+        why = "the folder does not exist, so nothing was downloaded into it"
+    else:
+        why = f"downloading it failed ({type(error).__name__}: {error})"
     return FileNotFoundError(
-        f"No {name} data under {root} (torchvision's layout{extra}), and downloading it failed "
-        f"({type(error).__name__}: {error}). Set HASHROBUST_DATA to a folder that holds it "
-        f"(e.g. HASHROBUST_DATA=../shared/datasets), pass root=..., or run once with internet "
-        f"access so torchvision can download it.")
+        f"No {name} data under {folder} ({source}; torchvision's layout{extra}): {why}. Set HASHROBUST_DATA "
+        f"to a folder that holds it (an absolute path, or one relative to the repository root, e.g. "
+        f"HASHROBUST_DATA=../shared/datasets), pass root=..., or run once with internet access so "
+        f"torchvision can download it.")
+
+
+def _download(make, folder: Path, name: str, source: str, makes: tuple[Path, ...] = ()):
+    """torchvision's `make()` (download=True) into an existing folder.
+
+    On failure, the folders of `makes` (deepest last) that it created and left empty are removed again, and one
+    clear FileNotFoundError is raised (torchvision's MNIST makes MNIST/raw before it tries the network).
+    """
+    existed = {path for path in makes if path.exists()}
+    try:
+        return make()
+    except Exception as error:  # no files and no network: one clear message
+        for path in reversed(makes):
+            if path not in existed:
+                try:
+                    path.rmdir()  # only if empty
+                except OSError:
+                    pass
+        raise _missing(name, folder, source, error) from error
 
 
 def load_dataset(name: str, split: str = "test", root: str | os.PathLike | None = None) -> ImageDataset:
@@ -143,7 +236,8 @@ def load_dataset(name: str, split: str = "test", root: str | os.PathLike | None 
     Args:
         name: "mnist" or "cifar10".
         split: "train" or "test".
-        root: data folder; default $HASHROBUST_DATA, else the repository's data/.
+        root: data folder; default $HASHROBUST_DATA (relative: to the repository root), else the
+            repository's data/. See `data_root`.
 
     Returns:
         An ImageDataset (a torch Dataset) with `.variant` "official" or "jpeg-q75 stand-in".
@@ -158,12 +252,16 @@ def load_dataset(name: str, split: str = "test", root: str | os.PathLike | None 
     check_choice(name, "dataset", DATASETS)
     check_choice(split, "split", ("train", "test"))
     folder = data_root(root)
+    source = _describe(folder, root)
     train = split == "train"
+    if not folder.is_dir():  # torchvision's download=True would create folder/MNIST/raw, empty, offline
+        raise _missing(name, folder, source, None)
     if name == "mnist":
-        try:
-            ds = torchvision.datasets.MNIST(str(folder), train=train, download=True)
-        except Exception as error:  # no files and no network: one clear message
-            raise _missing(name, folder, error) from error
+        if _mnist_found(folder):
+            ds = torchvision.datasets.MNIST(str(folder), train=train, download=False)
+        else:
+            ds = _download(lambda: torchvision.datasets.MNIST(str(folder), train=train, download=True),
+                           folder, name, source, makes=(folder / "MNIST", folder / "MNIST" / "raw"))
         return _to_dataset(ds.data, ds.targets, name, split, OFFICIAL)
 
     if (folder / "cifar-10-batches-py").is_dir():
@@ -172,8 +270,5 @@ def load_dataset(name: str, split: str = "test", root: str | os.PathLike | None 
     if (folder / STAND_IN_ZIP).is_file():
         images, labels = _load_stand_in(folder / STAND_IN_ZIP, split)
         return _to_dataset(images, labels, name, split, STAND_IN)
-    try:
-        ds = torchvision.datasets.CIFAR10(str(folder), train=train, download=True)
-    except Exception as error:
-        raise _missing(name, folder, error) from error
+    ds = _download(lambda: torchvision.datasets.CIFAR10(str(folder), train=train, download=True), folder, name, source)
     return _to_dataset(ds.data, ds.targets, name, split, OFFICIAL)

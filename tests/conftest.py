@@ -2,6 +2,8 @@
 
 Tests never download: unless HASHROBUST_DATA is already set, it points at the
 offline copies in `shared/datasets` beside the repository (see its README.md).
+Where MNIST is not there, the session stops at its start with one message
+(`pytest_sessionstart`, exit code 4) instead of failing test after test.
 Progress bars are switched off the same way.
 """
 from __future__ import annotations
@@ -20,8 +22,24 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from hashrobust.data import ImageDataset, load_dataset  # noqa: E402
+from hashrobust.data import ImageDataset, _mnist_found, data_root, load_dataset  # noqa: E402
 from hashrobust.zoo import load_pretrained  # noqa: E402
+
+
+def pytest_sessionstart(session):
+    """No MNIST, no tests: one message in seconds instead of hundreds of failures (and no download attempt)."""
+    root = data_root()
+    if _mnist_found(root):
+        return
+    pytest.exit(
+        f"MNIST not found under {root} (it needs MNIST/raw/ with the four official IDX files; "
+        f"HASHROBUST_DATA={os.environ.get('HASHROBUST_DATA', '(unset)')}). Point HASHROBUST_DATA at a folder "
+        f"that holds them, as an absolute path or one relative to the repository root, e.g. "
+        f"`export HASHROBUST_DATA=../shared/datasets` (the offline copy beside the repository), then rerun. "
+        f"The tests never download: torchvision's download needs internet access; on a machine with internet, "
+        f"fetch the data once with `python -c \"import hashrobust as hr; hr.load_dataset('mnist', 'train')\"` "
+        f"into an existing HASHROBUST_DATA folder.",
+        returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,13 @@
 """Tests for hashrobust.data: the official MNIST, the CIFAR-10 JPEG stand-in and its cache, errors."""
 from __future__ import annotations
 
+import io
+import os
 import re
+import subprocess
+import sys
+import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -154,3 +160,114 @@ def test_load_dataset_root_argument_beats_environment(monkeypatch, tmp_path, mni
         load_dataset("mnist", "test")
     loaded = load_dataset("mnist", "test", root=DATA)
     assert torch.equal(loaded.labels, mnist_test.labels)
+
+
+# --- where HASHROBUST_DATA points: a relative value is the repository root's, whatever the working directory ---
+
+def test_relative_hashrobust_data_is_resolved_against_the_repository_not_the_kernel(monkeypatch, tmp_path):
+    monkeypatch.setenv("HASHROBUST_DATA", "../shared/datasets")  # the README's value, meant from the repository root
+    expected = Path(os.path.normpath(PROJECT_DIR / ".." / "shared" / "datasets"))
+    seen = {}
+    for where in (PROJECT_DIR, PROJECT_DIR / "notebooks", tmp_path):  # make test, a notebook kernel, elsewhere
+        monkeypatch.chdir(where)
+        seen[where] = data_root()
+    assert set(seen.values()) == {expected}, seen
+    assert expected.is_absolute()
+
+
+def test_absolute_hashrobust_data_is_used_as_is(monkeypatch, tmp_path):
+    monkeypatch.setenv("HASHROBUST_DATA", str(tmp_path / "somewhere"))
+    monkeypatch.chdir(PROJECT_DIR / "notebooks")
+    assert data_root() == tmp_path / "somewhere"
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_missing_data_root_names_its_absolute_path_and_creates_nothing(monkeypatch, tmp_path, name):
+    work = tmp_path / "kernel"  # a notebook kernel's working directory
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HASHROBUST_DATA", "no-such-folder/datasets")
+    expected = Path(os.path.normpath(PROJECT_DIR / "no-such-folder" / "datasets"))
+    with pytest.raises(FileNotFoundError) as excinfo:
+        load_dataset(name, "test")
+    message = str(excinfo.value)
+    assert str(expected) in message
+    assert "does not exist" in message and "HASHROBUST_DATA" in message
+    assert not (PROJECT_DIR / "no-such-folder").exists()  # torchvision's download=True would make <root>/MNIST/raw
+    assert not expected.exists()
+    assert list(work.iterdir()) == []
+
+
+def test_failed_download_into_an_existing_root_leaves_no_empty_folders(monkeypatch, tmp_path):
+    def offline_download(self):  # what torchvision does offline: make MNIST/raw, then fail
+        os.makedirs(self.raw_folder, exist_ok=True)
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline_download)
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path))):
+        load_dataset("mnist", "test", root=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the stand-in's cache: $HASHROBUST_CACHE, else the user's cache folder; never the repository ---------
+
+@pytest.fixture
+def fake_stand_in(tmp_path) -> Path:
+    """A data folder holding a 20-image cifar10-jpeg.zip (test/<class>/<n>.jpg, 2 per class): decodes at once."""
+    from PIL import Image
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    with zipfile.ZipFile(folder / STAND_IN_ZIP, "w") as archive:
+        for number in range(2):
+            for label, cls in enumerate(hashrobust.data.CIFAR10_CLASSES):
+                buffer = io.BytesIO()
+                Image.new("RGB", (32, 32), (25 * label, 100 * number, 7)).save(buffer, "JPEG", quality=75)
+                archive.writestr(f"test/{cls}/{number:04d}.jpg", buffer.getvalue())
+    return folder
+
+
+def _cache_files_in_repository() -> list[Path]:
+    return [p for p in PROJECT_DIR.rglob("cifar10-jpeg-*.npz") if ".venv" not in p.parts]
+
+
+def test_stand_in_cache_goes_to_hashrobust_cache_and_nowhere_in_the_repository(monkeypatch, tmp_path, fake_stand_in):
+    monkeypatch.setenv("HASHROBUST_CACHE", str(tmp_path / "cache"))
+    before = set(_cache_files_in_repository())
+    loaded = load_dataset("cifar10", "test", root=fake_stand_in)
+    assert loaded.labels.tolist() == list(range(10)) * 2 and loaded.variant == "jpeg-q75 stand-in"
+    size = (fake_stand_in / STAND_IN_ZIP).stat().st_size
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"cifar10-jpeg-test-{size}.npz"]
+    assert set(_cache_files_in_repository()) == before
+
+
+def test_default_cache_is_the_users_cache_folder_not_the_repository(monkeypatch, tmp_path):
+    monkeypatch.delenv("HASHROBUST_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cache = hashrobust.data._cache_dir()
+    assert cache.is_absolute()
+    assert PROJECT_DIR not in cache.parents and "site-packages" not in cache.parts
+    if sys.platform.startswith("linux"):
+        assert cache == tmp_path / "xdg" / "hashrobust"
+        monkeypatch.delenv("XDG_CACHE_HOME")
+        assert hashrobust.data._cache_dir() == Path.home() / ".cache" / "hashrobust"
+
+
+# --- `make test` without data: one message, in seconds (tests/conftest.py) -----------------------------------
+
+def test_test_session_without_mnist_stops_at_once_with_one_clear_message(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {**os.environ, "HASHROBUST_DATA": str(empty), "OMP_NUM_THREADS": "1"}
+    start = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "tests/test_packaging.py::test_public_api_is_listed_and_importable"],
+                         cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - start
+    output = run.stdout + run.stderr
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, output
+    assert f"MNIST not found under {empty}" in output
+    assert "HASHROBUST_DATA" in output and "internet" in output
+    assert "passed" not in output and "failed" not in output  # no test ran
+    assert elapsed < 20, elapsed
+    assert list(empty.iterdir()) == []

@@ -71,3 +71,49 @@ def test_no_dataset_files_are_in_the_repository():
         if ".venv" in path.parts or "cache" in path.parts or ".git" in path.parts:
             continue
         assert not re.search(r"ubyte|cifar-10-batches|cifar10-jpeg|\.jpg$", path.name), path
+
+
+# --- LICENSE, CITATION.cff, CHANGELOG.md ---------------------------------------------------------------------
+
+def _citation() -> dict:
+    """CITATION.cff as YAML (PyYAML where installed, else its top-level `key: value` lines only)."""
+    text = (ROOT / "CITATION.cff").read_text()
+    try:
+        import yaml
+    except ImportError:
+        return {m.group(1): m.group(2).strip().strip('"\'') for m in re.finditer(r"^([a-z-]+):[ \t]*(.*)$", text, re.M)}
+    return yaml.safe_load(text)
+
+
+def test_citation_cff_names_this_version_and_the_paper():
+    citation = _citation()
+    assert citation["cff-version"] == "1.2.0"
+    assert citation["title"] == "hashrobust"
+    assert str(citation["version"]) == hashrobust.__version__ == _pyproject()["project"]["version"]
+    assert citation["license"] == _pyproject()["project"]["license"]["text"]
+    text = (ROOT / "CITATION.cff").read_text()
+    assert "the hashrobust authors" in text and "arXiv:1802.05193" in text
+    if isinstance(citation.get("authors"), list):  # parsed as YAML: the structure CFF 1.2.0 requires
+        assert citation["authors"] == [{"name": "the hashrobust authors"}]
+        assert citation["message"]
+        (paper,) = citation["references"]
+        assert paper["type"] == "conference-paper" and paper["year"] == 2018
+        assert " ".join(paper["title"].split()) == ("Security Analysis and Enhancement of Model Compressed Deep "
+                                                    "Learning Systems under Adversarial Attacks")
+        assert [a["family-names"] for a in paper["authors"]] == ["Liu", "Liu", "Liu", "Wang", "Jin", "Wen"]
+        assert "ASP-DAC 2018" in paper["collection-title"]
+
+
+def test_license_file_is_the_license_pyproject_declares():
+    declared = _pyproject()["project"]["license"]["text"]
+    assert declared == "MIT"
+    text = (ROOT / "LICENSE").read_text()
+    assert text.splitlines()[0] == "MIT License"
+    assert "Copyright (c) 2026 the hashrobust authors" in text
+    assert "Permission is hereby granted, free of charge" in text
+
+
+def test_changelog_has_an_unreleased_section():
+    text = (ROOT / "CHANGELOG.md").read_text()
+    assert text.startswith("# Changelog")
+    assert "## [Unreleased]" in text
