@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from ._memory import keep_freed_memory
 from ._validation import check_device
 from .data import load_dataset
 from .layers import compress, count_parameters
@@ -214,5 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def command() -> int:
+    """The `hashrobust` console script: `main` in a process that keeps freed memory for reuse (`_memory`)."""
+    keep_freed_memory()
+    return main()
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(command())

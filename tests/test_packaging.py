@@ -45,7 +45,7 @@ def test_environment_yml_installs_the_package_editable_with_python_311():
 def test_pyproject_metadata():
     project = _pyproject()["project"]
     assert project["requires-python"] == ">=3.11"
-    assert project["scripts"]["hashrobust"] == "hashrobust.cli:main"
+    assert project["scripts"]["hashrobust"] == "hashrobust.cli:command"
     assert {_name(r) for r in project["dependencies"]} == {
         "torch", "torchvision", "numpy", "matplotlib", "ipywidgets", "jupyterlab", "tqdm"}
     assert {_name(r) for r in project["optional-dependencies"]["dev"]} >= {"pytest", "nbval", "hypothesis"}
