@@ -90,7 +90,7 @@ def test_citation_cff_names_this_version_and_the_paper():
     assert citation["cff-version"] == "1.2.0"
     assert citation["title"] == "hashrobust"
     assert str(citation["version"]) == hashrobust.__version__ == _pyproject()["project"]["version"]
-    assert citation["license"] == _pyproject()["project"]["license"]["text"]
+    assert citation["license"] == _pyproject()["project"]["license"]
     text = (ROOT / "CITATION.cff").read_text()
     assert "the hashrobust authors" in text and "arXiv:1802.05193" in text
     if isinstance(citation.get("authors"), list):  # parsed as YAML: the structure CFF 1.2.0 requires
@@ -105,7 +105,7 @@ def test_citation_cff_names_this_version_and_the_paper():
 
 
 def test_license_file_is_the_license_pyproject_declares():
-    declared = _pyproject()["project"]["license"]["text"]
+    declared = _pyproject()["project"]["license"]
     assert declared == "MIT"
     text = (ROOT / "LICENSE").read_text()
     assert text.splitlines()[0] == "MIT License"
