@@ -500,7 +500,18 @@ def test_gradient_penalty_reaches_the_real_weights_as_through_the_dense_twin(mak
     _close_f32(ours, expected, terms=4 * 25 * 8)
 
 
-def test_torch_compile_of_a_hashed_model_matches_eager_in_training_and_in_eval():
+@pytest.fixture
+def own_inductor_cache(tmp_path, monkeypatch):
+    """A fresh inductor cache for each compile test. CI runs the suite twice, on the CPU's own kernels and again
+    under ATEN_CPU_CAPABILITY=avx2; inductor's shared on-disk cache then served the first run's AVX-512 kernels to
+    the second (NaN outputs, a crash): nothing here may depend on another run's compiled files."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_torch_compile_of_a_hashed_model_matches_eager_in_training_and_in_eval(own_inductor_cache):
     """Inductor (the default backend; gcc is on these machines), one graph: no break at the V cache."""
     torch._dynamo.reset()
     model = _hashed_net()
@@ -521,7 +532,7 @@ def test_torch_compile_of_a_hashed_model_matches_eager_in_training_and_in_eval()
                                          _expanded(model[3]), model[3].bias), terms=3 * 36)
 
 
-def test_torch_compile_of_the_shipped_mlp3_r8_matches_eager():
+def test_torch_compile_of_the_shipped_mlp3_r8_matches_eager(own_inductor_cache):
     from hashrobust.zoo import load_pretrained
 
     torch._dynamo.reset()
