@@ -100,17 +100,20 @@ def save_checkpoint(model: nn.Module, dataset: str, arch: str, ratio: float, has
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / checkpoint_name(dataset, arch, ratio)
     state = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in model.state_dict().items()}
+    buffer = io.BytesIO()  # serialised once: the bytes written are the bytes hashed
     torch.save({"format": FORMAT, "dataset": dataset, "arch": arch, "ratio": float(ratio), "hashed": hashed,
-                "state_dict": state}, path)
-    data = path.read_bytes()
+                "state_dict": state}, buffer)
+    data = buffer.getvalue()
+    path.write_bytes(data)
     manifest = read_manifest(directory)
     manifest[path.name] = {**entry, "dataset": dataset, "arch": arch, "ratio": float(ratio), "hashed": hashed,
                            "sha256": _sha256(data), "bytes": len(data)}
+    text = (json.dumps(dict(sorted(manifest.items())), indent=2) + "\n").encode()
     tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
+    tmp.write_bytes(text)
     tmp.replace(directory / MANIFEST)
     # Rewriting the pin here would let any save re-bless the zoo; a person re-pins (and commits) on purpose.
-    found = _sha256((directory / MANIFEST).read_bytes()) if _is_shipped(directory) else MANIFEST_SHA256
+    found = _sha256(text) if _is_shipped(directory) else MANIFEST_SHA256
     if found != MANIFEST_SHA256:
         warnings.warn(f"{path.name} was saved into the shipped zoo {directory}, whose {MANIFEST} now has sha256 "
                       f"{found}, not the pinned {MANIFEST_SHA256}: loading from {directory} fails until you "
