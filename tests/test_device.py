@@ -38,6 +38,8 @@ MALFORMED = ("The 'device' parameter of run_analysis must be 'cpu', 'cuda', 'cud
              "'mps'. Got {!r} instead. Available on this machine: 'cpu'.")
 NO_CUDA = ("The 'device' parameter of run_analysis asks for {!r}, but this machine has no CUDA device "
            "(torch.cuda.is_available() is False); use 'cpu'.")
+NO_MPS = ("The 'device' parameter of run_analysis asks for {!r}, but this machine has no MPS device "
+          "(torch.backends.mps.is_available() is False); use 'cpu'.")
 TINY = {"n": 4, "archs": ["mlp3"], "eps_values": [0.1], "attacks": {"FGSM": ATTACKS["FGSM"]}}
 PLAIN = (bool, int, float, str, type(None))
 
@@ -84,11 +86,14 @@ def test_check_device_rejects_malformed_values_naming_the_allowed_forms(value, n
     assert str(excinfo.value) == MALFORMED.format(value)
 
 
-@pytest.mark.parametrize("value", ["cuda", "cuda:1", torch.device("cuda", 0)])
-def test_check_device_rejects_cuda_on_a_machine_without_it(value, no_cuda):
+@pytest.mark.parametrize("value, message", [
+    *[(value, NO_CUDA) for value in ("cuda", "cuda:1", torch.device("cuda", 0))],
+    *[(value, NO_MPS) for value in ("mps", "mps:0", torch.device("mps"))],
+])
+def test_check_device_rejects_an_accelerator_the_machine_lacks(value, message, no_cuda):
     with pytest.raises(ValueError) as excinfo:
         check_device(value, "run_analysis")
-    assert str(excinfo.value) == NO_CUDA.format(str(value))
+    assert str(excinfo.value) == message.format(str(value))
 
 
 def test_check_device_rejects_an_index_the_machine_lacks(one_gpu):
@@ -214,8 +219,6 @@ def test_evaluate_adaptive_on_cuda_matches_the_cpu():
 
 
 # ----------------------------------------------------------------------------- check_device: MPS, availability
-NO_MPS = ("The 'device' parameter of run_analysis asks for {!r}, but this machine has no MPS device "
-          "(torch.backends.mps.is_available() is False); use 'cpu'.")
 
 
 @pytest.fixture
@@ -230,11 +233,6 @@ def test_check_device_accepts_mps_where_the_machine_has_it(value, mps_only):
     assert check_device(value, "run_analysis").type == "mps"
 
 
-@pytest.mark.parametrize("value", ["mps", "mps:0", torch.device("mps")])
-def test_check_device_rejects_mps_on_a_machine_without_it(value, no_cuda):
-    with pytest.raises(ValueError) as excinfo:
-        check_device(value, "run_analysis")
-    assert str(excinfo.value) == NO_MPS.format(str(value))
 
 
 def test_check_device_rejects_an_mps_index_the_machine_lacks(mps_only):
