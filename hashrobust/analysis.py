@@ -1,11 +1,11 @@
 """The multi-factor analysis: attack success over compression ratio x perturbation size, white-box and transfer.
 
-Paper: Liu et al. (ASP-DAC 2018), Sec. 5 ("multi-factor adversarial attack"):
+Paper: Liu et al. (ASP-DAC 2018), abstract ("multi-factor adversarial attack"):
 compression (the ratio of a HashedNets model) and input perturbation (eps)
 studied jointly, for attackers who know the hashed model (white-box: the
 gradient flows through sign * w[bucket]) and for attackers who know only the
 dense software model (transfer), and the reverse. The protocol's attack
-settings follow the reconstructed protocol (docs/protocol.md; cleverhans v2 conventions): BIM with step eps/10
+settings follow the reconstructed protocol (docs/protocol.md §7; cleverhans v2 conventions): BIM with step eps/10
 and 40 iterations (0.03 at eps 0.3), PGD with step 2.5 eps / 40, 40 iterations
 and a seeded random start (Madry et al. 2018).
 

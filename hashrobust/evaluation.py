@@ -2,8 +2,8 @@
 
 Two rates answer two different questions, and every table says which one it shows:
 
-- **success rate** (the paper's; Liu et al. ASP-DAC 2018, Sec. 5, as in the
-  authors' cleverhans-based code): the fraction of inputs whose predicted label
+- **success rate** (the paper's; Liu et al. ASP-DAC 2018, abstract, as the
+  authors' cleverhans-based code computes it): the fraction of inputs whose predicted label
   changes, for an attack aimed at the model's own clean prediction. It needs no
   labels and counts inputs that were misclassified to begin with. For JSMA it
   is the fraction of (image, target) pairs that reach the target.
@@ -229,8 +229,8 @@ def success_rate(model: nn.Module, attack: Attack, images: Tensor, labels: Tenso
                  batch_size: int = 500) -> dict:
     """Score an untargeted attack on `model`: the paper's success rate and, with labels, robust accuracy.
 
-    Paper: Liu et al. Sec. 5 ("attack success rate"); robust accuracy as RobustBench / AutoAttack
-    define it (Croce & Hein 2020); module docstring for both definitions.
+    Paper: Liu et al. abstract (success rate, as the authors' code computes it); robust
+    accuracy as RobustBench / AutoAttack define it (Croce & Hein 2020); module docstring for both definitions.
 
     Args:
         model: the model under attack. The attack must be built on it or on a wrapper of it (a chain
@@ -265,8 +265,9 @@ def transfer(source_model: nn.Module, target_model: nn.Module, attack: Attack, i
              labels: Tensor | None = None, batch_size: int = 500) -> dict:
     """Craft adversarial images on `source_model`, score them on `target_model` (a black-box attacker).
 
-    Paper: Liu et al. Sec. 4-5: dense -> compressed models an attacker who knows
-    only the software model; compressed -> dense, one who attacks the deployed device.
+    Paper: Liu et al. abstract (attacks on compressed models); reconstructed protocol, docs/protocol.md §3:
+    dense -> compressed models an attacker who knows only the software model; compressed -> dense, one
+    who attacks the deployed device.
 
     Returns:
         The rates of `success_rate`, measured on the target model.
@@ -282,7 +283,7 @@ def jsma_success(model: nn.Module, attack: JSMA, images: Tensor, labels: Tensor,
     The images go where `attack.model` is; the labels may be on any device (pairs are scored on the CPU).
     `model` runs in eval mode and is handed back as found: each submodule's mode, BatchNorm statistics.
 
-    Paper: Papernot et al. 2016 (JSMA); Liu et al. Sec. 5 (10 images x 9 targets).
+    Paper: Papernot et al. 2016 (JSMA); Liu et al., the authors' code (10 images x 9 targets).
 
     Returns:
         {"n": pairs, "success": fraction of pairs whose prediction is the target, with its Wilson
@@ -396,7 +397,8 @@ def sweep(models: Mapping[tuple[str, float], nn.Module], attacks: Mapping[str, A
           batch_size: int = 500) -> list[dict]:
     """Attack every model with every attack at every eps; one tidy row per cell.
 
-    Paper: Liu et al. Sec. 5 (the multi-factor analysis: compression ratio x perturbation size).
+    Paper: Liu et al. abstract ("multi-factor adversarial attack"); the grid is the reconstructed protocol,
+    docs/protocol.md §7 (compression ratio x perturbation size).
 
     Args:
         models: {(arch, ratio): model}, e.g. the zoo's mlp3 at ratios 1..64.

@@ -1,7 +1,7 @@
 """The HashedNets position hash: which real weight, and which sign, each virtual weight uses.
 
 Paper: HashedNets (Chen, Wilson, Tyree, Weinberger, Chen; ICML 2015), Sec. 4,
-as used by Liu et al. (ASP-DAC 2018), Sec. "hash compression". A layer with a
+as used by Liu et al. (ASP-DAC 2018), abstract (hash-based weight compression). A layer with a
 virtual weight matrix V of `numel` entries keeps only K = ceil(numel / ratio)
 real weights w and reads
 
@@ -64,7 +64,7 @@ def num_buckets(numel: int, ratio: float) -> int:
 def hash_positions(shape: Sequence[int], ratio: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Bucket and sign of every virtual weight of a weight tensor of `shape`.
 
-    Paper: HashedNets eq. 4, h(i, j) and xi(i, j); Liu et al. Sec. 3.
+    Paper: HashedNets eq. 4, h(i, j) and xi(i, j); Liu et al., abstract (hash-based compression).
 
     Args:
         shape: the virtual weight's shape, e.g. (out_features, in_features) or

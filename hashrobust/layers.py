@@ -1,7 +1,7 @@
 """Hashed (HashedNets) linear and convolution layers, and `compress` for dense models.
 
 Paper: HashedNets (Chen et al., ICML 2015), Sec. 4, eq. 4-6; Liu et al.
-(ASP-DAC 2018), Sec. 3 ("hardware-oriented model reshaping"). A hashed layer
+(ASP-DAC 2018), abstract (model reshaping by hash compression). A hashed layer
 stores K real weights w and computes with the virtual weight
 
     V[p] = xi(p) * w[h(p)]                                            (HashedNets eq. 4)
@@ -322,7 +322,7 @@ class _HashedLayer(nn.Module):
 class HashedLinear(_HashedLayer):
     """A fully connected layer whose O x I virtual weights share K = ceil(O*I/ratio) real ones.
 
-    Paper: HashedNets eq. 4-6; Liu et al. Sec. 3.
+    Paper: HashedNets eq. 4-6; Liu et al., abstract (hash-based compression).
 
     Args:
         in_features, out_features: as nn.Linear.
@@ -363,7 +363,7 @@ class HashedLinear(_HashedLayer):
 class HashedConv2d(_HashedLayer):
     """A 2-D convolution whose (O, C, kh, kw) virtual kernel shares K = ceil(numel/ratio) real weights.
 
-    Paper: HashedNets Sec. 4 (conv kernels are hashed the same way); Liu et al. Sec. 3.
+    Paper: HashedNets Sec. 4 (conv kernels are hashed the same way); Liu et al., abstract.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups: as nn.Conv2d
@@ -469,8 +469,8 @@ def hash_layers_(model: nn.Module, ratio: float, layers: str = "fc", seed: int =
 def compress(model: nn.Module, ratio: float, layers: str = "fc", seed: int = 0) -> nn.Module:
     """A new model whose dense layers are hashed at `ratio`, initialised from the dense weights.
 
-    Paper: Liu et al. Sec. 3 (hash compression of a trained model, followed by
-    the authors' "hash retraining", i.e. fine-tuning); HashedNets Sec. 4.
+    Paper: Liu et al., abstract (hash compression); compressing a trained model, then
+    "hash retraining" (fine-tuning), is the reconstructed protocol, docs/protocol.md §7; HashedNets Sec. 4.
 
     Args:
         model: a dense model, or a single nn.Linear / nn.Conv2d; it is not modified.
@@ -514,9 +514,10 @@ def _dense_twin(layer: _HashedLayer) -> nn.Module:
 def decompress(model: nn.Module) -> nn.Module:
     """A new dense model computing the same function: every hashed layer becomes its dense twin with weight V.
 
-    Paper: Liu et al. Sec. 4: a HashedNet computes the dense function of V, so
-    attacking it is attacking this twin (notebooks/03_attacking_compressed_models.ipynb
-    checks that numerically). The inverse of `compress` up to the projection error.
+    Paper: Liu et al., abstract (attacks on compressed models); reconstructed protocol, docs/protocol.md §3:
+    a HashedNet computes the dense function of V, so attacking it is attacking this twin
+    (notebooks/03_attacking_compressed_models.ipynb checks that numerically). The inverse of `compress`
+    up to the projection error.
 
     Example:
         >>> hashed = compress(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), ratio=8)

@@ -1,7 +1,7 @@
 """The networks of the protocol, dense or hashed, built by name.
 
-Paper: Liu et al. (ASP-DAC 2018), Sec. 5 (experimental set-up), reconstructed
-in docs/protocol.md: HashedNets' MLPs and a LeNet on MNIST,
+Paper: Liu et al. (ASP-DAC 2018), abstract (MNIST and CIFAR-10); the networks are
+the reconstructed protocol, docs/protocol.md §7: HashedNets' MLPs and a LeNet on MNIST,
 a VGG-style CNN on CIFAR-10. Every model takes images in [0, 1] and its first
 layer normalises them, so an attack's eps is in pixel units.
 
@@ -90,7 +90,7 @@ DATASET_OF_ARCH = {"mlp3": "mnist", "mlp5": "mnist", "lenet": "mnist", "cifar_cn
 def build_model(arch: str, ratio: float = 1, hashed: str = "fc", seed: int = 0) -> nn.Sequential:
     """A freshly initialised network of the protocol, dense (ratio 1) or hashed.
 
-    Paper: Liu et al. Sec. 5; HashedNets Sec. 6 (MLP-3, MLP-5 on MNIST).
+    Paper: reconstructed protocol, docs/protocol.md §7; HashedNets Sec. 6 (MLP-3, MLP-5 on MNIST).
 
     Args:
         arch: one of mlp3, mlp5, lenet, cifar_cnn.

@@ -1,6 +1,6 @@
 """Training and clean-accuracy evaluation, seeded and on any device.
 
-Paper: Liu et al. Sec. 5 (dense training, then hash compression and "hash
+Paper: reconstructed protocol, docs/protocol.md §7 (dense training, then hash compression and "hash
 retraining"); HashedNets Sec. 6. One loop serves both: a hashed model trains
 exactly like a dense one, since autograd reaches its real weights through the
 bucket-sum backward of layers.py.

@@ -1,8 +1,8 @@
 """Adversarial attacks on any image classifier, dense or hashed: FGSM, BIM, PGD, JSMA, C&W-L2, DeepFool, Square,
 APGD / APGD-T, and EOT for randomised models.
 
-Paper: Liu et al. (ASP-DAC 2018), Sec. 4 attacks HashedNets models with FGSM,
-BIM and JSMA in cleverhans v2 conventions: pixels in [0, 1], and the labels
+Paper: Liu et al. (ASP-DAC 2018), abstract (attacks extended to compressed models); the authors' code attacks
+with FGSM, BIM and JSMA in cleverhans v2 conventions (docs/protocol.md §4): pixels in [0, 1], and the labels
 default to the model's own clean prediction (no label leaking). A hashed
 model computes exactly the function of the dense model with weights V, so an
 attack simply backpropagates through it; this package never looks inside a

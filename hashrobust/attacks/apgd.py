@@ -29,14 +29,14 @@ def dlr_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Difference of Logits Ratio, per example, (N, K) -> (N,): -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3).
 
     pi sorts the logits in decreasing order. > 0 iff misclassified. Shifting or scaling the logits does
-    not change it, so unlike cross-entropy it cannot be saturated away (Paper: Sec. 4).
+    not change it, so unlike cross-entropy it cannot be saturated away (Paper: Croce & Hein ICML 2020, Sec. 4).
     """
     top = logits.topk(3, dim=1).values  # (N, 3)
     return logit_margin(logits, labels) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
 def targeted_dlr_loss(logits: Tensor, labels: Tensor, target_labels: Tensor) -> Tensor:
-    """Targeted DLR per example, (N, K) -> (N,): -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2) (Paper: Sec. 4)."""
+    """Targeted DLR per example, (N, K) -> (N,): -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2) (Croce & Hein Sec. 4)."""
     top = logits.topk(4, dim=1).values  # (N, 4)
     margin = logits.gather(1, target_labels[:, None]) - logits.gather(1, labels[:, None])  # (N, 1)
     return margin.squeeze(1) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)

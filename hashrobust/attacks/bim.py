@@ -12,7 +12,7 @@ class BIM(Attack):
 
     x_0 = x;  x_{t+1} = clip_{x, eps}(x_t + alpha * sign(grad_x L(x_t, y))), clipped to [0, 1].
 
-    Paper: Kurakin et al. 2016, Sec. 2.2; Liu et al. ASP-DAC 2018, Sec. 4 (eps 0.3, alpha 0.03, 40 steps).
+    Paper: Kurakin et al. 2016, Sec. 2.2; Liu et al. ASP-DAC 2018, the authors' code (eps 0.3, alpha 0.03, 40 steps).
 
     Args:
         model: any classifier taking images in [0, 1] and returning logits (N, K).

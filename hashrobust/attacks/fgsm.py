@@ -10,7 +10,7 @@ from .base import LOSSES, Attack, _check_bool, loss_gradient
 class FGSM(Attack):
     """Fast Gradient Sign Method: one signed-gradient step, x* = clip(x + eps * sign(grad_x L(x, y)), 0, 1).
 
-    Paper: Goodfellow et al. ICLR 2015, Sec. 4; Liu et al. ASP-DAC 2018, Sec. 4 (eps = 0.3 on MNIST).
+    Paper: Goodfellow et al. ICLR 2015, Sec. 4; Liu et al. ASP-DAC 2018, the authors' code (eps = 0.3 on MNIST).
 
     Args:
         model: any classifier taking images in [0, 1] and returning logits (N, K).

@@ -111,7 +111,7 @@ class JSMA(Attack):
     After a call, `last_changed_fraction` (N,) holds the fraction of features each example changed.
 
     Paper: Papernot et al. EuroS&P 2016, Sec. III-IV, eq. 8-10 (pairwise saliency; theta 1, gamma 0.1 on MNIST);
-    Liu et al. ASP-DAC 2018, Sec. 4 (JSMA-F as in cleverhans v2: the Jacobian of the softmax).
+    Liu et al. ASP-DAC 2018, the authors' code (JSMA-F as in cleverhans v2: the Jacobian of the softmax).
 
     Args:
         model: any classifier taking images in [0, 1] and returning logits (N, K).

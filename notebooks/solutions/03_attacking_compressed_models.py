@@ -1,9 +1,9 @@
 """Solutions to the exercises of notebooks/03_attacking_compressed_models.ipynb.
 
-Paper: Liu et al. (ASP-DAC 2018), Sec. 4, "attacking a compressed model" (docs/protocol.md): a HashedNets
-model computes the dense function of its virtual weights V = sign * w[bucket], so a white-box attacker
-backpropagates through V (eq. 2 of the notebook), and a transfer attacker crafts on the dense software
-model instead.
+Paper: Liu et al. (ASP-DAC 2018), abstract (attacks on compressed models); the reconstructed protocol,
+docs/protocol.md §3 ("Attacking a compressed model"): a HashedNets model computes the dense function of its
+virtual weights V = sign * w[bucket], so a white-box attacker backpropagates through V (eq. 2 of the
+notebook), and a transfer attacker crafts on the dense software model instead.
 """
 from __future__ import annotations
 

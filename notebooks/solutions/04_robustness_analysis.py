@@ -1,8 +1,8 @@
 """Solutions to the exercises of notebooks/04_robustness_analysis.ipynb.
 
-Paper: Liu et al. (ASP-DAC 2018), Sec. 5, the multi-factor analysis (compression ratio x eps), on the rows
+Paper: Liu et al. (ASP-DAC 2018), abstract, the multi-factor analysis (compression ratio x eps), on the rows
 of the committed results/<dataset>/analysis.csv (`hashrobust.reports.read_results(dataset, "analysis")`),
-made with the reconstructed protocol of docs/protocol.md.
+made with the reconstructed protocol of docs/protocol.md §7.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Solutions to the exercises of notebooks/05_gradient_inhibition.ipynb (gradient inhibition, paper Sec. 6).
+"""Solutions to the exercises of notebooks/05_gradient_inhibition.ipynb (gradient inhibition: abstract; authors' code).
 
 Exercise 1: the two float32 thresholds of the softmax, by bisection on the top-1 logit margin.
 Exercise 2: the fraction of inputs whose cross-entropy input gradient is exactly zero, by hand, in
