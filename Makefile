@@ -10,9 +10,18 @@ PIN := $(BIN)/python scripts/pin_manifest.py
 DEVICE ?= cpu
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: install test lab notebooks browser-test zoo zoo-mnist zoo-cifar benchmark results-mnist results-cifar10 clean
+.PHONY: install test lab notebooks browser-test install-test zoo zoo-mnist zoo-cifar benchmark results-mnist results-cifar10 clean
+
+# A .venv whose python no longer runs (moved, or its interpreter removed) is rebuilt, not reused.
+ifneq ($(wildcard $(VENV)),)
+ifneq ($(shell $(BIN)/python -c "print('ok')" 2>/dev/null),ok)
+$(info $(VENV) is broken (its python does not run): removing it, to rebuild it)
+$(shell rm -rf $(VENV))
+endif
+endif
 
 $(BIN)/python:
+	@$(PYTHON) -c "import sys; sys.exit(0 if sys.version_info >= (3, 11) else 'hashrobust needs Python 3.11 or newer (3.11, 3.12, 3.13); $(PYTHON) is Python ' + sys.version.split()[0] + '. Run make with PYTHON=python3.11, or another 3.11+.')"
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
@@ -29,6 +38,12 @@ test: install
 
 lab: install
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)
+
+# The other install routes, each in a fresh venv outside the repository (scripts/install_routes.py):
+# the wheel into a Colab-like environment with one notebook opened alone (Python 3.13), and the sdist
+# with its own tests (Python 3.12). Needs the data (an absolute HASHROBUST_DATA) and the package index.
+install-test: install
+	$(BIN)/python scripts/install_routes.py
 
 # Re-execute the notebooks in place (their stored outputs are part of the course; commit them).
 # Quiet progress bars and no per-cell timestamps, so a re-run changes only what really changed.

@@ -1,7 +1,8 @@
 """MNIST and CIFAR-10 as tensors in [0, 1]: official files, torchvision download, or the offline stand-in.
 
 Where the data comes from (first match wins), for `root` = the argument, else
-$HASHROBUST_DATA, else the repository's `data/` (see `data_root` for how a
+$HASHROBUST_DATA, else the repository's `data/` (an installed, non-checkout
+hashrobust: `datasets/` in the user's cache folder; see `data_root` for how a
 relative path is resolved):
 
 1. official files already under root (torchvision's layout: MNIST/raw/...,
@@ -32,9 +33,12 @@ from torch.utils.data import Dataset
 
 from ._validation import check_choice, check_device
 
-__all__ = ["ImageDataset", "load_dataset", "data_root", "CIFAR10_CLASSES", "DATASETS"]
+__all__ = ["ImageDataset", "load_dataset", "data_root", "shipped_path", "CIFAR10_CLASSES", "DATASETS"]
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+# Where a wheel or a non-editable install keeps what the repository ships (pyproject.toml's package-dir maps
+# data/checkpoints and results/<dataset> here); a source checkout reads them in place.
+SHIPPED_DIR = Path(__file__).resolve().parent / "_shipped"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DATASETS = ("mnist", "cifar10")
 OFFICIAL = "official"
@@ -83,6 +87,22 @@ def _in_source_checkout() -> bool:
     return (PROJECT_DIR / "pyproject.toml").is_file()
 
 
+def shipped_path(*parts: str) -> Path:
+    """A file or folder the repository ships, e.g. shipped_path("data", "checkpoints") or shipped_path("results").
+
+    From a source checkout: the repository's own folder. From an installed package (wheel, sdist, `pip install .`):
+    the copy inside the package, `hashrobust/_shipped/checkpoints` and `hashrobust/_shipped/results`, so the
+    pretrained zoo and the committed results travel with every install route.
+    """
+    if _in_source_checkout():
+        return PROJECT_DIR.joinpath(*parts)
+    allowed = {("data", "checkpoints"): ("checkpoints",), ("results",): ("results",)}
+    for prefix, inside in allowed.items():
+        if parts[:len(prefix)] == prefix:
+            return SHIPPED_DIR.joinpath(*inside, *parts[len(prefix):])
+    raise ValueError(f"shipped_path{parts}: an install ships only data/checkpoints/... and results/...")
+
+
 def _absolute(path: str | os.PathLike, base: Path) -> Path:
     """`path` with ~ expanded, joined to `base` if relative, and '..' folded (no symlink is followed)."""
     path = Path(path).expanduser()
@@ -98,7 +118,11 @@ def _from_environment(variable: str) -> Path | None:
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
-    """The data folder, always as an absolute path: `root`, else $HASHROBUST_DATA, else the repository's data/.
+    """The data folder, always as an absolute path: `root`, else $HASHROBUST_DATA, else a default.
+
+    The default is the repository's data/ in a source checkout, and `datasets/` in the cache folder
+    (`_cache_dir`: $HASHROBUST_CACHE, else ~/.cache/hashrobust) for an installed package, so a download
+    never lands in site-packages.
 
     - `root` (the argument) is a Python path: a relative one is taken from the current working directory.
     - An absolute $HASHROBUST_DATA is used as is (after expanding a leading ~).
@@ -113,7 +137,10 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     """
     if root is not None:
         return _absolute(root, Path.cwd())
-    return _from_environment("HASHROBUST_DATA") or PROJECT_DIR / "data"
+    found = _from_environment("HASHROBUST_DATA")
+    if found is not None:
+        return found
+    return PROJECT_DIR / "data" if _in_source_checkout() else _cache_dir() / "datasets"
 
 
 def _describe(folder: Path, root: str | os.PathLike | None) -> str:
@@ -231,7 +258,7 @@ def _download(make, folder: Path, name: str, source: str, makes: tuple[Path, ...
 def load_dataset(name: str, split: str = "test", root: str | os.PathLike | None = None) -> ImageDataset:
     """MNIST or CIFAR-10 as float32 images in [0, 1], NCHW, with int64 labels.
 
-    Paper: Liu et al. Sec. 5 (MNIST and CIFAR-10).
+    Paper: Liu et al. (ASP-DAC 2018), abstract (MNIST and CIFAR-10).
 
     Args:
         name: "mnist" or "cifar10".

@@ -14,9 +14,11 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from .data import shipped_path
+
 __all__ = ["RESULTS", "DATASET_NAMES", "rounded", "eps_label", "write_csv", "read_csv", "read_results", "pivot", "markdown_table", "heatmap", "percent"]
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"  # the committed results/<dataset>/ of the repository
+RESULTS = shipped_path("results")  # the committed results/<dataset>/ (an installed package: its own copy)
 DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}  # how reports and figure titles name a dataset
 
 

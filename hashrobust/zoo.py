@@ -31,13 +31,13 @@ import torch
 from torch import nn
 
 from ._validation import check_choice, check_device
-from .data import PROJECT_DIR
+from .data import shipped_path
 from .models import build_model
 
 __all__ = ["CHECKPOINT_DIR", "checkpoint_name", "save_checkpoint", "load_checkpoint", "load_pretrained",
            "read_manifest", "MANIFEST_SHA256"]
 
-CHECKPOINT_DIR = PROJECT_DIR / "data" / "checkpoints"
+CHECKPOINT_DIR = shipped_path("data", "checkpoints")  # an installed package: its own copy (`shipped_path`)
 MANIFEST = "MANIFEST.json"
 FORMAT = 1
 # The sha256 of the shipped data/checkpoints/MANIFEST.json; `python scripts/pin_manifest.py` rewrites this line.
@@ -159,7 +159,7 @@ def load_pretrained(dataset: str, arch: str, ratio: float = 1, device: torch.dev
                     directory: str | os.PathLike | None = None) -> nn.Module:
     """A shipped model of the zoo, in eval mode, after checking its sha256 (and the manifest's pin).
 
-    Paper: Liu et al. Sec. 5 (the dense and hash-compressed networks under attack).
+    Paper: reconstructed protocol, docs/protocol.md §7 (the dense and hash-compressed networks under attack).
 
     Args:
         dataset: "mnist" or "cifar10".
