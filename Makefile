@@ -10,7 +10,7 @@ PIN := $(BIN)/python scripts/pin_manifest.py
 DEVICE ?= cpu
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: install test lab notebooks browser-test install-test zoo zoo-mnist zoo-cifar benchmark results-mnist results-cifar10 clean
+.PHONY: install test lab notebooks browser-test install-test book book-test zoo zoo-mnist zoo-cifar benchmark results-mnist results-cifar10 clean
 
 # A .venv whose python no longer runs (moved, or its interpreter removed) is rebuilt, not reused.
 ifneq ($(wildcard $(VENV)),)
@@ -106,3 +106,19 @@ browser-test: install
 	test -x /usr/bin/chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
 	$(BIN)/python -c "import playwright.sync_api" 2>/dev/null || $(BIN)/python -m pip install --quiet "playwright==1.65.2"
 	$(BIN)/python scripts/browser_test.py --notebook $(NB_BROWSER)
+
+$(VENV)/.book-installed: $(VENV)/.installed pyproject.toml
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book]"
+	touch $@
+
+# The course as a static web book in build/book/html (README, notebooks 00-06 from their stored outputs,
+# the protocol, the results, the API reference from the docstrings); nothing is executed, nothing committed.
+book: $(VENV)/.book-installed
+	$(BIN)/python scripts/build_book.py
+
+# Every page of the book in headless chromium, offline: it loads, every image shows, math renders
+# without errors, every internal link (and #anchor) resolves.
+book-test: book
+	test -x /usr/bin/chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+	$(BIN)/python -c "import playwright.sync_api" 2>/dev/null || $(BIN)/python -m pip install --quiet "playwright==1.65.2"
+	$(BIN)/python scripts/book_browser_test.py

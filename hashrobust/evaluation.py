@@ -243,7 +243,7 @@ def success_rate(model: nn.Module, attack: Attack, images: Tensor, labels: Tenso
         {"n", "success", "success_low", "success_high", "robust_acc", "robust_acc_low",
         "robust_acc_high", "clean_acc", "clean_acc_low", "clean_acc_high", "fooling"}: success =
         fraction of predictions that change; robust_acc = fraction correct clean and after the attack
-        (<= clean_acc); fooling = 1 - robust_acc / clean_acc; *_low/*_high = 95% Wilson interval.
+        (<= clean_acc); fooling = 1 - robust_acc / clean_acc; `*_low`, `*_high`: the 95% Wilson interval.
         Without labels the robust and clean entries are None.
 
     Example:

@@ -120,7 +120,7 @@ def example_keys(images: Tensor, seed: int) -> np.ndarray:
 
 def example_uniform(keys: np.ndarray, shape: Sequence[int], stream: int, device: torch.device | str,
                     dtype: torch.dtype = torch.float32) -> Tensor:
-    """Uniform draws in [0, 1) of `shape` for each key, (M, *shape): a counter-based generator.
+    """Uniform draws in [0, 1) of `shape` for each key, shape `(M, *shape)`: a counter-based generator.
 
     Draw j of row m is a hash of (keys[m], stream, j), so a row depends on its key only; a new
     `stream` (e.g. the iteration number) gives fresh, independent draws. 24-bit resolution.
@@ -135,7 +135,7 @@ def example_uniform(keys: np.ndarray, shape: Sequence[int], stream: int, device:
 
 def example_normal(keys: np.ndarray, shape: Sequence[int], stream: int, device: torch.device | str,
                    dtype: torch.dtype = torch.float32) -> Tensor:
-    """Standard normal draws per key, (M, *shape), by Box-Muller from two streams of `example_uniform`."""
+    """Standard normal draws per key, shape `(M, *shape)`, by Box-Muller from two streams of `example_uniform`."""
     u1 = example_uniform(keys, shape, 2 * stream, device, torch.float64)
     u2 = example_uniform(keys, shape, 2 * stream + 1, device, torch.float64)
     return (torch.sqrt(-2 * torch.log1p(-u1)) * torch.cos(2 * math.pi * u2)).to(dtype)

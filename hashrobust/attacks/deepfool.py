@@ -13,7 +13,7 @@ class DeepFool(Attack):
     """DeepFool (multi-class, L2, untargeted): step to the nearest linearised decision boundary until fooled.
 
     At x_t, for each class k != y: f_k = Z_k - Z_y, w_k = grad Z_k - grad Z_y; the closest boundary
-    l = argmin_k |f_k| / ||w_k||_2 gives r_t = (|f_l| / ||w_l|| + 1e-4) * w_l / ||w_l||. Then
+    l = argmin_k abs(f_k) / ||w_k||_2 gives r_t = (abs(f_l) / ||w_l|| + 1e-4) * w_l / ||w_l||. Then
     x_{t+1} = clip(x + (1 + overshoot) * sum_t r_t, 0, 1). An example stops once it is misclassified.
 
     Paper: Moosavi-Dezfooli et al. CVPR 2016, Algorithm 2 (and the authors' code for the 1e-4 and overshoot).
