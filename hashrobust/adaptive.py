@@ -12,7 +12,7 @@ L-inf budget and against the TRUE labels (robust accuracy, evaluation.py), by
 - APGD with the DLR loss and APGD-T (Croce & Hein 2020): DLR is a ratio of logit differences, unchanged
   by any scaling of the logits;
 - PGD (margin) with 5 random restarts; an eps curve up to the whole pixel range;
-- transfer: PGD (margin) crafted on the undefended twin, scored on the GI model;
+- transfer: PGD (margin) crafted on the undefended model, scored on the GI model;
 - Square Attack, gradient-free;
 - the AutoAttack-grade ensemble (`evaluation.robust_accuracy`: APGD-CE, APGD-T, Square 5000 queries), whose
   per-example worst case is the robust accuracy each model is reported with;
@@ -84,7 +84,7 @@ def adaptive_attacks(eps: float, undefended: nn.Module) -> dict:
         "PGD-40, CE on logits/1000": lambda m: PGD(Temperature(m, 1000.0), **pgd),
         "APGD-DLR, 100 steps": lambda m: APGD(m, eps=eps, steps=100, loss="dlr"),
         "APGD-T (DLR), 9 targets": lambda m: APGDT(m, eps=eps, steps=100, n_target_classes=9),
-        "transfer: PGD-40 margin from the undefended twin": lambda m: PGD(undefended, **pgd, loss="margin"),
+        "transfer: PGD-40 margin from the undefended model": lambda m: PGD(undefended, **pgd, loss="margin"),
         "Square, margin, 1000 queries": lambda m: Square(m, eps=eps, queries=1000, seed=0),
     }
 
@@ -98,7 +98,7 @@ def run_attacks(model: nn.Module, attacks: Mapping[str, Callable[[nn.Module], At
     """Each attack on `model`, as `evaluate_adaptive` scores it: one row per attack, in the order given.
 
     An attack crafts its examples on its own `.model` (the model itself, `Temperature` of it, or the
-    undefended twin for a transfer attack) and they are scored on `model`, against the true labels
+    undefended model for a transfer attack) and they are scored on `model`, against the true labels
     for robust accuracy and against the source's own prediction for the paper's success rate.
 
     Args:
@@ -355,7 +355,7 @@ CHECKLIST = [
     ("Check that iterative attacks beat single-step ones", "PGD-40 (margin) {pgd}% vs FGSM (margin) {fgsm}% on "
      "the GI models."),
     ("Try gradient-free and transfer attacks", "Square (gradient-free) {square}%; transfer from the undefended "
-     "twin {transfer}%. A defence that stops white-box gradients but not these is masking gradients."),
+     "model {transfer}%. A defence that stops white-box gradients but not these is masking gradients."),
     ("Look for gradient masking", "{zero}% of test inputs have an exactly-zero cross-entropy input gradient "
      "under GI (undefended: {zero0}%): the textbook signature; `inhibition_report` warns about it."),
     ("Verify that unbounded attacks reach 100%", "C&W L2 succeeds on {cw0} of the inputs of the undefended "
@@ -397,7 +397,7 @@ def _checklist_values(rows: list[dict]) -> dict:
             "adaptive": percent(statistics.fmean(r["success"] for r in gi if r["attack"] in ADAPTIVE)),
             "pgd": mean("PGD-40, margin"), "fgsm": mean("FGSM, margin"),
             "square": mean("Square, margin, 1000 queries"),
-            "transfer": mean("transfer: PGD-40 margin from the undefended twin"),
+            "transfer": mean("transfer: PGD-40 margin from the undefended model"),
             "zero": mean("FGSM, CE (the paper's)", key="zero_grad_fraction"),
             "zero0": mean("FGSM, CE (the paper's)", "none", key="zero_grad_fraction"),
             "cw0": lowest(cw, "none", main) + "%", "cw": lowest(cw, "GI", main) + "%",

@@ -51,8 +51,16 @@ GI_LAYERS = {"fc": (nn.Linear, HashedLinear), "all": (nn.Linear, HashedLinear, n
 # eps added to |W| (constant, uniform): fine steps where a quickly trained MNIST net starts to saturate
 _ADDED = (0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 1, 1.25, 1.5, 2, 3, 5, 7.5, 10)
 DEFAULT_GRIDS = {"constant": _ADDED, "uniform": _ADDED, "w_multiple": (0, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50)}
-SATURATION_MARGIN = 20.0  # float32: a top-1 margin of about 17-20 rounds p_y to exactly 1
-UNDERFLOW_MARGIN = 150 * math.log(2)  # about 104: beyond it every other p_i underflows to 0, so p - y is exactly 0
+# The float32 softmax's two thresholds for a top-1 logit margin m (notebook 05, Section 3), computed from float32:
+# - SATURATION_MARGIN = 24 ln 2 ~ 16.64: the sum 1 + sum_i e^(-m_i) absorbs a term e^(-m) below half an ulp of 1
+#   (2^-24) when it adds it to 1, so from here p_y can round to exactly 1 (kernels that add the small terms together
+#   first get there a little later, at most 24 ln 2 + ln 9 ~ 18.8 for 10 classes). The true 1 - p_y is still about
+#   9 e^-m ~ 5e-7 here, well above float32's resolution: it is the sum's rounding, not 1 - p_y, that vanishes.
+# - UNDERFLOW_MARGIN = 150 ln 2 ~ 103.97: e^(-m) below half the smallest subnormal (2^-149) rounds to 0, so every
+#   other p_i, hence p - y and the cross-entropy input gradient, is exactly 0.
+_FLOAT32 = torch.finfo(torch.float32)
+SATURATION_MARGIN = -math.log(_FLOAT32.eps / 2)
+UNDERFLOW_MARGIN = -math.log(_FLOAT32.smallest_normal * _FLOAT32.eps / 2)
 EXPLANATION = ("notebooks/06_adaptive_attacks.ipynb and Carlini et al. 2019, "
                "'On Evaluating Adversarial Robustness' (arXiv:1902.06705)")
 
@@ -262,7 +270,7 @@ def inhibition_report(model: nn.Module, images: Tensor, labels: Tensor | None = 
     if report["zero_grad_fraction"] >= 0.5 or report["median_margin"] > SATURATION_MARGIN:
         warnings.warn(f"Gradient masking: {report['zero_grad_fraction']:.0%} of the inputs have an exactly zero "
                       f"cross-entropy input gradient (median logit margin {report['median_margin']:.1f}; the "
-                      f"float32 softmax saturates above about {SATURATION_MARGIN:g}). A gradient-based attack "
+                      f"float32 softmax saturates from about {SATURATION_MARGIN:.1f}). A gradient-based attack "
                       f"that fails on this model shows masked gradients, not robustness: use a logit loss "
                       f"(loss='margin'), transfer or gradient-free attacks. See {EXPLANATION}.",
                       GradientMaskingWarning, stacklevel=2)

@@ -408,18 +408,19 @@ def inhibition_figure(before: dict, after: dict, strength: float, eps: float) ->
     for stats, label, colour in ((before, "before GI", BLUE), (after, f"after GI, strength {strength:g}", ORANGE)):
         hist_ax.hist(stats["margin"].clamp(min=1e-2).numpy(), bins=bins, histtype="step", lw=2, color=colour,
                      label=label)
-    hist_ax.axvline(SATURATION_MARGIN, color="black", ls="--", label="float32: p_y rounds to 1")
+    hist_ax.axvline(SATURATION_MARGIN, color="black", ls="--",
+                    label=f"float32: p_y rounds to 1 (24 ln 2 = {SATURATION_MARGIN:.1f})")
     hist_ax.axvline(UNDERFLOW_MARGIN, color="black", ls=":", label="float32: other p_i underflow, gradient 0")
     hist_ax.set(xscale="log", xlabel="top-1 minus top-2 logit (log scale)", ylabel="images",
                 title="logit margins")
-    hist_ax.legend(fontsize=8)
+    hist_ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2)  # below: not over the data
     names = ("softmax max\n= 1.0 exactly", "zero input\ngradient", "clean\naccuracy", f"FGSM eps {eps:.2f}\nsuccess")
     keys = ("saturated", "zero_grad_fraction", "clean_acc", "success")
     x = np.arange(len(keys))
     for offset, stats, label, colour in ((-0.2, before, "before", BLUE), (0.2, after, "after", ORANGE)):
         values = [100 * stats[k] for k in keys]
         bars = bar_ax.bar(x + offset, values, width=0.4, color=colour, label=label)
-        bar_ax.bar_label(bars, fmt="%.0f", fontsize=8)
+        bar_ax.bar_label(bars, fmt="%.1f", fontsize=8)
     bar_ax.set_xticks(x, names, fontsize=8)
     bar_ax.set(ylabel="% of images", ylim=(0, 125), title="what GI changes (float32)")
     bar_ax.legend(fontsize=8, loc="upper right", ncols=2)

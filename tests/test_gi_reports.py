@@ -157,5 +157,5 @@ def test_evaluate_adaptive_end_to_end_on_a_small_subset_has_the_committed_column
         assert (curve["success"], curve["robust_acc"]) == (fresh["success"], fresh["robust_acc"])
         moved = transfer(model, m, PGD(model, eps=0.3, alpha=2.5 * 0.3 / 40, steps=40, seed=0, loss="margin"),
                          images, labels)
-        row = mine["transfer: PGD-40 margin from the undefended twin"]
+        row = mine["transfer: PGD-40 margin from the undefended model"]
         assert (row["success"], row["robust_acc"]) == (moved["success"], moved["robust_acc"])

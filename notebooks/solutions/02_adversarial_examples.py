@@ -17,8 +17,10 @@ import hashrobust as hr
 def my_fgsm(model: nn.Module, images: Tensor, eps: float) -> Tensor:
     """Exercise 1: one FGSM step, x* = clip(x + eps * sign(grad_x CE(model(x), y_pred)), 0, 1).
 
-    The labels are the model's own clean predictions (cleverhans v2 convention); the loss is the batch-mean
-    cross-entropy, as in `hr.FGSM`, so the result is identical to it, not merely close.
+    The labels are the model's own clean predictions (cleverhans v2 convention); the loss is the sum of the
+    per-example cross-entropies, as in `hr.FGSM`, so each image gets its own gradient whatever the batch (a mean
+    would scale every gradient by 1/N, which sign() ignores, but tiny gradients could underflow), and the result
+    is identical to `hr.FGSM`, not merely close.
 
     Args:
         model: a classifier taking images in [0, 1] (N, C, H, W) and returning logits (N, K), in eval mode.
