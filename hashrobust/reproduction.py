@@ -133,6 +133,12 @@ def average_half_width(cells: list[dict], defence: str) -> float:
 
 
 ARCH_COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7"]  # Okabe-Ito: colour-blind safe
+# One colour and one marker per compression ratio (Okabe-Ito without its yellow, which is faint on white), so no two
+# series differ by colour alone: ratio = colour + marker, architecture = line style.
+RATIO_STYLES = dict(zip((1, 2, 4, 8, 16, 32, 64), zip(("#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00",
+                                                        "#CC79A7"), ("o", "s", "^", "D", "v", "P", "X"))))
+ARCH_LINES = {"mlp3": "-", "lenet": "--", "cifar_cnn": "-", "mlp5": ":"}
+LINE_NAMES = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dot"}
 ATTACK_MARKERS = {"FGSM": "o", "BIM": "s", "JSMA-F": "^"}
 
 
@@ -192,7 +198,8 @@ def reproduction_figure(cells: list[dict], curves: list[dict], label: str) -> Fi
 def strength_figure(curves: list[dict], label: str = "") -> Figure:
     """The GI strength trade-off per model: zero-gradient fraction, clean accuracy and FGSM success vs strength.
 
-    One line per model (colour = compression ratio, line style = architecture); the strength the rule
+    One line per model (colour and marker = compression ratio, line style = architecture, legend outside the
+    panels); the strength the rule
     chose (`chosen`) is circled; the zero-gradient panel draws the rule's 90% target.
 
     Args:
@@ -203,31 +210,33 @@ def strength_figure(curves: list[dict], label: str = "") -> Figure:
 
     Used in: notebooks/05_gradient_inhibition.ipynb.
     """
-    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    fig = Figure(figsize=(13, 4.2), layout="constrained")
     axes = fig.subplots(1, 3, sharex=True)
-    models = sorted({(c["arch"], c["ratio"]) for c in curves})
-    ratios = sorted({ratio for _, ratio in models})
-    styles = dict(zip(sorted({arch for arch, _ in models}), ["--", "-", ":", "-."]))
-    cmap = matplotlib.colormaps["viridis"]
+    models = sorted({(c["arch"], c["ratio"]) for c in curves}, key=lambda m: (m[0] != "mlp3", m))
     keys = ("zero_grad_fraction", "clean_acc", "fgsm_success")
     for arch, ratio in models:
         points = sorted((c for c in curves if (c["arch"], c["ratio"]) == (arch, ratio)), key=lambda c: c["eps"])
-        colour = cmap(0.9 * ratios.index(ratio) / max(1, len(ratios) - 1))
+        colour, marker = RATIO_STYLES.get(int(ratio), ("#777777", "*"))
+        hollow = ARCH_LINES.get(arch, "-") != "-"  # the dashed architecture gets hollow markers too
         for ax, key in zip(axes, keys):
-            ax.plot([p["eps"] for p in points], [100 * p[key] for p in points], styles[arch], color=colour,
-                    label=f"{arch} r{ratio:g}")
+            ax.plot([p["eps"] for p in points], [100 * p[key] for p in points], ARCH_LINES.get(arch, "-."),
+                    color=colour, marker=marker, markevery=3, ms=5, mfc="white" if hollow else colour, lw=1.4,
+                    label=f"{arch}, ratio {ratio:g}")
             ax.plot([p["eps"] for p in points if p["chosen"]], [100 * p[key] for p in points if p["chosen"]], "o",
-                    ms=8, mfc="none", mec="black", mew=1.5)
+                    ms=11, mfc="none", mec="black", mew=1.5)
     axes[0].axhline(90, color="grey", lw=1, ls=":", label="the rule's target (90%)")
     titles = ("inputs with an exactly-zero gradient (%)\n(strength-selection training images)",
               "clean accuracy (%)\n(strength-selection training images)", "FGSM success (%)\n(test images)")
     for ax, title in zip(axes, titles):
         ax.set_xscale("symlog", linthresh=0.1)
-        ax.set_xlabel("GI strength (constant variant; circle = chosen by the rule)")
         ax.set_title(title, fontsize=9)
         ax.set_ylim(-3, 103)
     axes[0].set_xlim(0, max(c["eps"] for c in curves))
-    axes[1].legend(*axes[0].get_legend_handles_labels(), fontsize=7, ncol=2, loc="lower left")
+    fig.supxlabel("GI strength, constant variant (black circle: the strength the rule chose)", fontsize=10)
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=9, loc="outside right center",
+               title="colour + marker = ratio\nline: " + ", ".join(
+                   f"{LINE_NAMES[ARCH_LINES.get(a, '-.')]} {a}" for a in dict.fromkeys(a for a, _ in models)),
+               title_fontsize=8)
     fig.suptitle(f"{label}: the GI strength trade-off (reconstructed protocol)".lstrip(": "), fontsize=10)
     return fig
 

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 import ipywidgets as widgets
 import numpy as np
 import torch
+import matplotlib.colors
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
@@ -51,7 +52,10 @@ ATTACKS: dict[str, Callable[[nn.Module, float], Attack]] = {  # 20 steps of eps/
     "BIM": lambda model, eps: BIM(model, eps=eps, alpha=max(eps, 0.01) / 8, steps=20),
     "PGD": lambda model, eps: PGD(model, eps=eps, alpha=max(eps, 0.01) / 8, steps=20, seed=0),
 }
-BLUE, ORANGE = "#0072B2", "#E69F00"  # Okabe-Ito: safe for colour-blind readers
+# Okabe-Ito (Okabe & Ito 2008): eight colours that colour-blind readers tell apart
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000")
+BLUE, ORANGE = OKABE_ITO[4], OKABE_ITO[0]
+MINUS = "\u2212"  # a typographic minus: "+w3" / "\u2212w3" read as a sign times real weight 3
 _WIDE = {"style": {"description_width": "initial"}, "layout": widgets.Layout(width="460px")}
 
 
@@ -158,8 +162,8 @@ def ratio_figure(rows: Sequence[dict], ratio: float, seed: int = 0, title: str =
         rows: one dict per ratio with "ratio", "clean_acc" in [0, 1] and "bytes" (as `RatioExplorer.rows`).
         ratio: the selected compression ratio; seed: the hash seed of the 8x8 example layer.
     """
-    fig = Figure(figsize=(10.5, 3.2), layout="constrained")
-    acc_ax, size_ax, hash_ax = fig.subplots(1, 3)
+    fig = Figure(figsize=(12, 3.8), layout="constrained")
+    acc_ax, size_ax, hash_ax = fig.subplots(1, 3, width_ratios=(1, 1, 1.25))
     ratios = [row["ratio"] for row in rows]
     for ax, key, scale, label in ((acc_ax, "clean_acc", 100, "clean test accuracy (%)"),
                                   (size_ax, "bytes", 1 / 1024, "checkpoint size (KiB, log scale)")):
@@ -171,17 +175,26 @@ def ratio_figure(rows: Sequence[dict], ratio: float, seed: int = 0, title: str =
         ax.set_xticks(RATIOS, [f"{r:g}" for r in RATIOS])
         ax.set(xlabel="compression ratio r", ylabel=label)
     size_ax.set_yscale("log")
+    # a fixed 90-100% range: the zoo's 1-point spread must not look like a cliff
+    acc_ax.set_ylim(90, 100)
     acc_ax.set_title(title, fontsize=9)
     bucket, sign = example_hash(ratio, seed)  # (8, 8) each
     k = num_buckets(64, ratio)
-    hash_ax.imshow(bucket.numpy(), cmap="viridis", vmin=0, vmax=max(k - 1, 1))
+    if k <= len(OKABE_ITO):  # one colour per real weight, where a colour-blind-safe palette has enough of them
+        colours = np.array([matplotlib.colors.to_rgb(c) for c in OKABE_ITO])[bucket.numpy()]
+        hash_ax.imshow(0.45 * colours + 0.55, interpolation="nearest")  # pale, so the labels stay legible
+    else:
+        hash_ax.imshow(np.ones((8, 8, 3)), interpolation="nearest")
     for (i, j), b in np.ndenumerate(bucket.numpy()):
-        hash_ax.text(j, i, f"{'+' if sign[i, j] > 0 else '-'}{b}", ha="center", va="center", fontsize=7,
-                     color="white" if b < 0.6 * max(k - 1, 1) else "black")
-    hash_ax.set_title(f"8x8 virtual weights on {k} real: colour = bucket,\n"
-                      + (f"+/- = sign (ratio {ratio:g}, seed {seed})" if ratio != 1 else "ratio 1: dense, no hash"),
-                      fontsize=9)
-    hash_ax.set_axis_off()
+        hash_ax.text(j, i, f"{'+' if sign[i, j] > 0 else MINUS}w{b}", ha="center", va="center", fontsize=8)
+    hash_ax.set_xticks(np.arange(-0.5, 8, 1), minor=True)
+    hash_ax.set_yticks(np.arange(-0.5, 8, 1), minor=True)
+    hash_ax.grid(which="minor", color="white", lw=1.5)
+    hash_ax.tick_params(which="both", length=0, labelbottom=False, labelleft=False)
+    how = (f"cell: sign and real weight ({MINUS}w3 = minus real weight 3)"
+           + ("\ncolour: which real weight" if k <= len(OKABE_ITO) else ""))
+    hash_ax.set_title(f"8x8 virtual weights stored as {k} real ones (ratio {ratio:g}, seed {seed})\n{how}"
+                      if ratio != 1 else "ratio 1: dense,\neach virtual weight is its own real weight", fontsize=8)
     return fig
 
 

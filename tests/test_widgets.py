@@ -8,13 +8,14 @@ display a PNG first and replace it through the display handle.
 from __future__ import annotations
 
 import IPython.display
+import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
 
-from hashrobust import FGSM, hash_positions, load_pretrained, read_manifest, success_rate, transfer
-from hashrobust.widgets import (RATIOS, AdversarialExplorer, CompressionAttackExplorer, InhibitionExplorer,
-                                RatioExplorer)
+from hashrobust import FGSM, hash_positions, load_pretrained, num_buckets, read_manifest, success_rate, transfer
+from hashrobust.widgets import (MINUS, OKABE_ITO, RATIOS, AdversarialExplorer, CompressionAttackExplorer,
+                                InhibitionExplorer, RatioExplorer)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,9 +73,15 @@ def test_ratio_explorer_highlights_the_manifest_point_and_draws_the_hash(ratio):
     (size,) = [line for line in size_ax.lines if line.get_label() == "selected"]
     assert size.get_ydata()[0] == pytest.approx(read_manifest()[f"mnist-mlp3-r{ratio}.pt"]["bytes"] / 1024)
     bucket, sign = hash_positions((8, 8), ratio, 3) if ratio != 1 else (torch.arange(64).view(8, 8), torch.ones(8, 8))
-    assert torch.equal(torch.as_tensor(hash_ax.images[0].get_array()), bucket)  # ratio 1: dense, one weight each
-    marks = [text.get_text()[0] for text in hash_ax.texts]  # "+12" / "-3", row-major
-    assert marks == ["+" if s > 0 else "-" for s in sign.flatten().tolist()]
+    marks = [text.get_text() for text in hash_ax.texts]  # "+w12" / "\u2212w3": sign times real weight, row-major
+    assert marks == [f"{'+' if s > 0 else MINUS}w{b}" for s, b in zip(sign.flatten().tolist(), bucket.flatten().tolist())]
+    colours = torch.as_tensor(np.asarray(hash_ax.images[0].get_array())).reshape(64, 3)
+    if num_buckets(64, ratio) <= len(OKABE_ITO):  # one colour per real weight: same bucket, same colour, and only then
+        same_bucket = bucket.flatten()[:, None] == bucket.flatten()[None, :]
+        same_colour = (colours[:, None] == colours[None, :]).all(-1)
+        assert torch.equal(same_bucket, same_colour)
+    else:  # too many real weights for distinct safe colours: the labels alone
+        assert (colours == 1).all()
     assert explorer.state["clean_acc"] == _manifest_accuracy(ratio)
     assert f"{100 * _manifest_accuracy(ratio):.2f}%" in explorer.readout.value
 
