@@ -10,7 +10,7 @@ PIN := $(BIN)/python scripts/pin_manifest.py
 DEVICE ?= cpu
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: install test lab notebooks browser-test install-test book book-test zoo zoo-mnist zoo-cifar benchmark results-mnist results-cifar10 clean
+.PHONY: install test lab notebooks browser-test install-test book book-test release zoo zoo-mnist zoo-cifar benchmark results-mnist results-cifar10 clean
 
 # A .venv whose python no longer runs (moved, or its interpreter removed) is rebuilt, not reused.
 ifneq ($(wildcard $(VENV)),)
@@ -38,6 +38,11 @@ test: install
 
 lab: install
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)
+
+# The course as nbgrader 0.9 assignments in release/ (git-ignored; scripts/release.py): instructor versions with
+# nbgrader metadata in release/source/, student versions (no solutions, no hidden tests) in release/release/.
+release: install
+	$(BIN)/python scripts/release.py
 
 # The other install routes, each in a fresh venv outside the repository (scripts/install_routes.py):
 # the wheel into a Colab-like environment with one notebook opened alone (Python 3.13), and the sdist
