@@ -155,7 +155,7 @@ def reproduction_figure(cells: list[dict], curves: list[dict], label: str) -> Fi
 
     Used in: notebooks/05_gradient_inhibition.ipynb.
     """
-    fig = Figure(figsize=(15, 3.8), layout="constrained")
+    fig = Figure(figsize=(16, 5.6), layout="constrained")
     ax_success, ax_clean, ax_zero, ax_trade = fig.subplots(1, 4)
     archs = sorted({c["arch"] for c in cells})
     for arch, colour in zip(archs, ARCH_COLOURS):
@@ -171,15 +171,17 @@ def reproduction_figure(cells: list[dict], curves: list[dict], label: str) -> Fi
                           label=f"{arch} {defence}")
             ax_zero.plot(ratios, [100 * c["zero_grad_fraction"] for c in first], style, color=colour, marker="o",
                          label=f"{arch} {defence}")
-    models = sorted({(c["arch"], c["ratio"]) for c in curves})
-    shades = {ratio: i / max(1, len({r for _, r in models}) - 1)
-              for i, ratio in enumerate(sorted({r for _, r in models}))}
-    cmap = matplotlib.colormaps["viridis"]
-    for arch, ratio in models:
-        points = [c for c in curves if (c["arch"], c["ratio"]) == (arch, ratio)]
-        xs, colour = [p["eps"] for p in points], cmap(0.9 * shades[ratio])
-        ax_trade.plot(xs, [100 * p["fgsm_success"] for p in points], "-", color=colour, label=f"{arch} r{ratio:g}")
-        ax_trade.plot(xs, [100 * p["zero_grad_fraction"] for p in points], ":", color=colour)
+    models = sorted({(c["arch"], c["ratio"]) for c in curves}, key=lambda m: (m[0] != "mlp3", m))
+    first_arch = models[0][0] if models else None
+    for arch, ratio in models:  # colour + marker = ratio (as `strength_figure`); hollow markers: the other architecture
+        points = sorted((c for c in curves if (c["arch"], c["ratio"]) == (arch, ratio)), key=lambda c: c["eps"])
+        xs = [p["eps"] for p in points]
+        colour, marker = RATIO_STYLES.get(int(ratio), ("#777777", "*"))
+        face = colour if arch == first_arch else "white"
+        ax_trade.plot(xs, [100 * p["fgsm_success"] for p in points], "-", color=colour, marker=marker, markevery=4,
+                      ms=5, mfc=face, label=f"{arch} r{ratio:g}")
+        ax_trade.plot(xs, [100 * p["zero_grad_fraction"] for p in points], ":", color=colour, marker=marker,
+                      markevery=4, ms=5, mfc=face)
     for ax, title in ((ax_success, "attack success (%): solid none, dashed GI"),
                       (ax_clean, "clean accuracy (%)"), (ax_zero, "test inputs with zero gradient (%)")):
         ax.set_xscale("log", base=2)
@@ -188,9 +190,8 @@ def reproduction_figure(cells: list[dict], curves: list[dict], label: str) -> Fi
     ax_trade.set_xscale("symlog", linthresh=0.1)
     ax_trade.set_xlabel("GI strength (constant variant)")
     ax_trade.set_title("trade-off: FGSM success (solid), zero-gradient (dotted)", fontsize=9)
-    ax_success.legend(fontsize=5, ncol=2)
-    ax_clean.legend(fontsize=6)
-    ax_trade.legend(fontsize=5, ncol=2)
+    for ax in (ax_success, ax_clean, ax_trade):  # below the panels, legible, never over the data
+        ax.legend(fontsize=7.5, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     fig.suptitle(f"{label}: gradient inhibition (reconstructed protocol)", fontsize=10)
     return fig
 
