@@ -46,6 +46,7 @@ myst_enable_extensions = ["dollarmath", "amsmath"]
 myst_heading_anchors = 3  # `[text](#a-heading)` and `[text](page.md#a-heading)` resolve, as on GitHub
 nb_execution_mode = "off"  # render the committed outputs; never run a kernel, never write into notebooks/
 nb_merge_streams = True
+nb_render_markdown_format = "myst"  # the notebooks' rendered tables (hashrobust.reports.table) are pipe tables
 nb_ipywidgets_js: dict[str, dict[str, str]] = {}  # no CDN scripts: a static page has no kernel to drive a widget
 
 # ----------------------------------------------------------------------------- API reference

@@ -12,11 +12,12 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from IPython.display import Markdown
 from matplotlib.figure import Figure
 
 from .data import shipped_path
 
-__all__ = ["RESULTS", "DATASET_NAMES", "rounded", "eps_label", "write_csv", "read_csv", "read_results", "pivot", "markdown_table", "heatmap", "percent"]
+__all__ = ["RESULTS", "DATASET_NAMES", "table", "rounded", "eps_label", "write_csv", "read_csv", "read_results", "pivot", "markdown_table", "heatmap", "percent"]
 
 RESULTS = shipped_path("results")  # the committed results/<dataset>/ (an installed package: its own copy)
 DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}  # how reports and figure titles name a dataset
@@ -83,6 +84,34 @@ def read_results(dataset: str, name: str) -> list[dict]:
         raise FileNotFoundError(f"No {path}: run `hashrobust {made_by.get(name, '<command>')} --dataset {dataset}` "
                                 f"(or `make results-{dataset}`) to make it.")
     return read_csv(path)
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[object]], align: str | None = None) -> Markdown:
+    """A table the notebook renders (Markdown), instead of columns printed with f-strings.
+
+    Args:
+        header: the column titles.
+        rows: one sequence of cells per row, already formatted as the reader should see them (str() of
+            anything else); a "|" inside a cell is escaped.
+        align: one letter per column, "l" or "r" (default: the first column left, the others right).
+
+    Example:
+        >>> print(table(["model", "accuracy"], [["mlp3 r8", "97.8%"]]).data)
+        | model | accuracy |
+        |:---|---:|
+        | mlp3 r8 | 97.8% |
+    """
+    header = list(header)
+    align = align or "l" + "r" * (len(header) - 1)
+    if len(align) != len(header) or set(align) - {"l", "r"}:
+        raise ValueError(f"table: align must give 'l' or 'r' for each of the {len(header)} columns; got {align!r}")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
+    for row in rows:
+        cells = [str(cell).replace("|", "\\|") for cell in row]
+        if len(cells) != len(header):
+            raise ValueError(f"table: a row has {len(cells)} cells for {len(header)} columns: {cells}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return Markdown("\n".join(lines))
 
 
 def pivot(rows: Iterable[dict], row_key: str, col_key: str, value: str) -> tuple[list, list, list[list]]:

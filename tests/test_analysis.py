@@ -106,3 +106,24 @@ def test_rows_without_per_example_outcomes_make_no_paired_claim():
     assert paired_cells(rows, "mlp3", "FGSM") == []
     line = findings(rows)[0]
     assert "not testable: these rows carry no per-example outcomes" in line and "higher in" not in line
+
+
+# --- reports.table: the notebooks' rendered tables ---------------------------------------------------------------
+
+def test_table_renders_markdown_with_alignment_and_escapes_pipes():
+    from hashrobust.reports import table
+    rendered = table(["attack", "success", "note"], [["FGSM", "99.2%", "a|b"], ["BIM", 1.0, ""]], align="lrl")
+    assert rendered.data.splitlines() == ["| attack | success | note |", "|:---|---:|:---|",
+                                          "| FGSM | 99.2% | a\\|b |", "| BIM | 1.0 |  |"]
+    assert rendered._repr_markdown_() == rendered.data  # what Jupyter renders, as a table
+
+
+@pytest.mark.parametrize("header, rows, align, message", [
+    (["a", "b"], [["1", "2", "3"]], None, "a row has 3 cells for 2 columns"),
+    (["a", "b"], [["1", "2"]], "lc", "align must give 'l' or 'r' for each of the 2 columns"),
+    (["a", "b"], [["1", "2"]], "l", "align must give 'l' or 'r' for each of the 2 columns"),
+])
+def test_table_rejects_rows_and_alignments_that_do_not_fit(header, rows, align, message):
+    from hashrobust.reports import table
+    with pytest.raises(ValueError, match=message):
+        table(header, rows, align)
