@@ -20,16 +20,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from IPython.display import Markdown
 from matplotlib.figure import Figure
 
 from ._validation import check_choice, check_device
 from .attacks import BIM, FGSM, PGD
 from .data import load_dataset
 from .evaluation import paired_difference, sweep, unpack_outcomes, verdict
-from .reports import DATASET_NAMES, eps_label, heatmap, markdown_table, percent, rounded, write_csv
+from .reports import DATASET_NAMES, eps_label, heatmap, markdown_table, percent, rounded, table, write_csv
 from .zoo import load_pretrained, read_manifest
 
-__all__ = ["ATTACKS", "EPS_GRID", "MODES", "run_analysis", "paired_cells", "findings", "analysis_heatmap",
+__all__ = ["ATTACKS", "EPS_GRID", "MODES", "run_analysis", "paired_cells", "findings", "findings_table", "analysis_heatmap",
            "write_analysis"]
 
 ATTACKS = {
@@ -115,13 +116,10 @@ def _counted(cells: list[dict]) -> str:
             f"{len(cells)} (ratio, eps) cells at n = {cells[0]['n']}")
 
 
-def findings(rows: list[dict]) -> list[str]:
-    """Sentences stating what the rows show, per architecture and attack, with paired tests (nothing assumed).
-
-    A difference between two models is called higher or lower only where the 95% interval of the paired
-    difference on the same images excludes 0 (`paired_cells`).
-    """
-    lines = []
+def _summaries(rows: list[dict]) -> list[dict]:
+    """Per architecture and attack: the averages over eps and the paired verdicts that `findings` and
+    `findings_table` state (white-box dense vs hashed; transfer vs white-box on the same hashed model)."""
+    out = []
     for arch in sorted({r["arch"] for r in rows}):
         white = [r for r in rows if r["arch"] == arch and r["mode"] == "white-box"]
         transfer = [r for r in rows if r["arch"] == arch and r["mode"] == "transfer"]
@@ -129,26 +127,76 @@ def findings(rows: list[dict]) -> list[str]:
         if not ratios:
             continue
         for attack in sorted({r["attack"] for r in white}):
-            dense = _mean([r for r in white if r["attack"] == attack and r["ratio"] == 1])
             per_ratio = {q: _mean([r for r in white if r["attack"] == attack and r["ratio"] == q]) for q in ratios}
-            hashed = statistics.fmean(per_ratio.values())
-            lines.append(
-                f"**{arch}, {attack}, white-box**: averaged over eps, success is {percent(dense)}% on the dense "
-                f"model and {percent(hashed)}% on the hashed ones (from {percent(min(per_ratio.values()))}% to "
-                f"{percent(max(per_ratio.values()))}% across ratios {', '.join(f'{q:g}' for q in ratios)}). "
-                f"Paired on the same images, hashed success is {_counted(paired_cells(rows, arch, attack))}.")
             to_hashed = [r for r in transfer if r["attack"] == attack and r["source_ratio"] == 1]
             to_dense = [r for r in transfer if r["attack"] == attack and r["source_ratio"] != 1]
-            if to_hashed and to_dense:
-                lines.append(
-                    f"**{arch}, {attack}, transfer**: examples crafted on the dense model succeed on the hashed "
-                    f"models {percent(_mean(to_hashed))}% of the time (white-box on those models: "
-                    f"{percent(hashed)}%); examples crafted on the hashed models succeed on the dense "
-                    f"one {percent(_mean(to_dense))}% of the time (white-box on it: {percent(dense)}%). "
-                    f"Paired against white-box on the same hashed model, transfer success is "
-                    f"{_counted(paired_cells(rows, arch, attack, 'transfer'))}: not knowing the hash costs the "
-                    f"attacker {percent(max(0.0, hashed - _mean(to_hashed)))} points on average.")
+            has_transfer = bool(to_hashed and to_dense)
+            out.append({"arch": arch, "attack": attack, "ratios": ratios, "per_ratio": per_ratio,
+                        "dense": _mean([r for r in white if r["attack"] == attack and r["ratio"] == 1]),
+                        "hashed": statistics.fmean(per_ratio.values()),
+                        "white_cells": paired_cells(rows, arch, attack),
+                        "to_hashed": _mean(to_hashed) if has_transfer else None,
+                        "to_dense": _mean(to_dense) if has_transfer else None,
+                        "transfer_cells": paired_cells(rows, arch, attack, "transfer") if has_transfer else None})
+    return out
+
+
+def findings(rows: list[dict]) -> list[str]:
+    """Sentences stating what the rows show, per architecture and attack, with paired tests (nothing assumed).
+
+    A difference between two models is called higher or lower only where the 95% interval of the paired
+    difference on the same images excludes 0 (`paired_cells`). `findings_table` gives the same in one table.
+    """
+    lines = []
+    for s in _summaries(rows):
+        arch, attack, dense, hashed, per_ratio = s["arch"], s["attack"], s["dense"], s["hashed"], s["per_ratio"]
+        lines.append(
+            f"**{arch}, {attack}, white-box**: averaged over eps, success is {percent(dense)}% on the dense "
+            f"model and {percent(hashed)}% on the hashed ones (from {percent(min(per_ratio.values()))}% to "
+            f"{percent(max(per_ratio.values()))}% across ratios {', '.join(f'{q:g}' for q in s['ratios'])}). "
+            f"Paired on the same images, hashed success is {_counted(s['white_cells'])}.")
+        if s["transfer_cells"] is not None:
+            lines.append(
+                f"**{arch}, {attack}, transfer**: examples crafted on the dense model succeed on the hashed "
+                f"models {percent(s['to_hashed'])}% of the time (white-box on those models: "
+                f"{percent(hashed)}%); examples crafted on the hashed models succeed on the dense "
+                f"one {percent(s['to_dense'])}% of the time (white-box on it: {percent(dense)}%). "
+                f"Paired against white-box on the same hashed model, transfer success is "
+                f"{_counted(s['transfer_cells'])}: not knowing the hash costs the "
+                f"attacker {percent(max(0.0, hashed - s['to_hashed']))} points on average.")
     return lines
+
+
+def _tally(cells: list[dict] | None) -> str:
+    """Paired verdicts as "higher / lower / no difference (of n cells)", or "-" where none could be computed."""
+    if not cells:
+        return "-"
+    higher = sum(c["verdict"] == "higher" for c in cells)
+    lower = sum(c["verdict"] == "lower" for c in cells)
+    return f"{higher} / {lower} / {len(cells) - higher - lower}"
+
+
+def findings_table(rows: list[dict]) -> Markdown:
+    """`findings` as one short rendered table: a row per architecture and attack, success averaged over eps.
+
+    Columns: white-box success on the dense model and on the hashed ones; the paired verdicts of hashed vs
+    dense per (ratio, eps) cell (higher / lower / no detectable difference); transfer success dense -> hashed
+    and hashed -> dense; the paired verdicts of transfer vs white-box on the same hashed model; and what not
+    knowing the hash costs the attacker (points).
+
+    Example:
+        >>> from hashrobust.reports import read_results
+        >>> print(findings_table(read_results("mnist", "analysis")).data.splitlines()[2])
+        | lenet | BIM | 66.0% | 69.6% | 4 / 0 / 8 | 60.8% | 57.3% | 0 / 10 / 2 | 8.8 |
+    """
+    return table(["arch", "attack", "white-box: dense", "hashed", "hashed vs dense (higher / lower / same)",
+                  "transfer dense -> hashed", "hashed -> dense", "transfer vs white-box (higher / lower / same)",
+                  "cost of not knowing the hash (points)"],
+                 [[s["arch"], s["attack"], f"{percent(s['dense'])}%", f"{percent(s['hashed'])}%",
+                   _tally(s["white_cells"]), f"{percent(s['to_hashed'])}%" if s["to_hashed"] is not None else "-",
+                   f"{percent(s['to_dense'])}%" if s["to_dense"] is not None else "-", _tally(s["transfer_cells"]),
+                   percent(max(0.0, s["hashed"] - s["to_hashed"])) if s["to_hashed"] is not None else "-"]
+                  for s in _summaries(rows)], align="llrrrrrrr")
 
 
 MODES = {  # title: (which rows, the ratio that labels a row, file-name slug)

@@ -127,3 +127,19 @@ def test_table_rejects_rows_and_alignments_that_do_not_fit(header, rows, align, 
     from hashrobust.reports import table
     with pytest.raises(ValueError, match=message):
         table(header, rows, align)
+
+
+def test_findings_table_states_what_the_findings_sentences_state():
+    from hashrobust.analysis import findings_table
+    rows = read_results("mnist", "analysis")
+    sentences = findings(rows)
+    body = findings_table(rows).data.splitlines()[2:]
+    assert len(body) == len({(r["arch"], r["attack"]) for r in rows})
+    for line in body:
+        arch, attack, dense, hashed, tally, to_hashed, to_dense, transfer_tally, cost = line.strip("| ").split(" | ")
+        white = next(s for s in sentences if s.startswith(f"**{arch}, {attack}, white-box**"))
+        assert f"success is {dense} on the dense model and {hashed} on the hashed ones" in white
+        higher, lower, same = (int(x) for x in tally.split(" / "))
+        assert f"higher in {higher}, lower in {lower}, no detectable difference in {same} of" in white
+        moved = next(s for s in sentences if s.startswith(f"**{arch}, {attack}, transfer**"))
+        assert f"succeed on the hashed models {to_hashed} of the time" in moved and f"costs the attacker {cost} points" in moved
