@@ -136,6 +136,33 @@ check_layer(x_check).tanh().sum().backward()
 assert torch.allclose(real_weight_grad(V_leaf.grad, check_layer.bucket, check_layer.sign, check_layer.weight.numel()),
                       check_layer.weight.grad, rtol=1e-5, atol=1e-6)
 '''),
+    "finetune_hashed": Tests(2, '''\
+check_train = hr.load_dataset("mnist", "train").subset(10_000)
+before, after = finetune_hashed(dense, 8, check_train, test)
+assert abs(before - hr.evaluate(hr.compress(dense, ratio=8), test)) < 1e-9, "before: compress(dense, 8), not trained"
+assert before < 0.5 and after > 0.88, f"expected about 0.289 before and 0.91 after; got {before:.3f}, {after:.3f}"
+''', '''\
+reference = hr.load_pretrained("mnist", "mlp3", ratio=1, device=device)
+assert all(torch.equal(a, b) for a, b in zip(dense.state_dict().values(), reference.state_dict().values())), \
+    "the dense model must not be modified"
+before, after = finetune_hashed(dense, 4, check_train.subset(5000), test, epochs=1, lr=0.05)
+assert abs(before - 0.662) < 0.004 and after > 0.88, (before, after)  # about 0.662 and 0.906
+before, after = finetune_hashed(dense, 64, check_train, test, epochs=1, lr=0.05)
+assert before < 0.2 and after > 0.85, (before, after)  # about 0.089 and 0.892
+'''),
+    "inference_cost": Tests(1, '''\
+batch = test.images[:256].to(device)
+costs = {r: inference_cost(hr.load_pretrained("mnist", "mlp3", ratio=r, device=device), batch) for r in (1, 8, 64)}
+assert [costs[r]["macs"] for r in (1, 8, 64)] == [203_264_000] * 3, "MACs: 256 x (784 x 1000 + 1000 x 10), any ratio"
+assert [costs[r]["stored"] for r in (1, 8, 64)] == [795_010, 100_260, 13_417], "stored: hr.count_parameters(model)[0]"
+''', '''\
+assert [costs[r]["resident_bytes"] for r in (1, 8, 64)] == [3_180_048, 13_105_048, 12_757_676], \
+    [costs[r]["resident_bytes"] for r in (1, 8, 64)]
+assert all(costs[r]["seconds"] > 0 for r in (1, 8, 64))
+toy = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.ReLU(), hr.HashedLinear(3, 2, ratio=2))
+toy_cost = inference_cost(toy, torch.rand(7, 1, 2, 2), repeats=3)
+assert toy_cost["macs"] == 7 * (4 * 3 + 3 * 2) and toy_cost["stored"] == 12 + 3 + 3 + 2, toy_cost
+'''),
     # ------------------------------------------------------------------ 02_adversarial_examples
     "my_fgsm": Tests(2, '''\
 check_model = hr.load_pretrained("mnist", "mlp3", ratio=1)
@@ -254,6 +281,21 @@ for arch, attack, eps, expected in (
     asymmetry = transfer_asymmetry(check_rows, arch, attack, eps)
     assert sorted(asymmetry) == sorted(expected), (arch, attack, eps, asymmetry)
     assert all(abs(asymmetry[r] - v) < 1e-6 for r, v in expected.items()), (arch, attack, eps, asymmetry)
+'''),
+    "margin_by_ratio": Tests(2, '''\
+stats = margin_by_ratio("mlp3", (1, 2, 8, 64), images, labels)
+expected = {1: (11.532, 253.06, 0.04575), 2: (6.843, 151.88, 0.04434), 8: (6.740, 176.39, 0.03827),
+            64: (7.935, 428.08, 0.01827)}
+assert sorted(stats) == [1, 2, 8, 64], f"one tuple per ratio: {sorted(stats)}"
+for r, (m, g, d) in expected.items():
+    assert abs(stats[r][0] - m) < 0.01 and abs(stats[r][1] - g) < 0.1 and abs(stats[r][2] - d) < 1e-4, (r, stats[r])
+''', '''\
+stats = margin_by_ratio("mlp3", (4, 16, 32), images, labels)
+for r, (m, g, d) in {4: (6.674, 153.64, 0.04304), 16: (7.121, 217.18, 0.03226), 32: (7.494, 308.10, 0.02441)}.items():
+    assert abs(stats[r][0] - m) < 0.01 and abs(stats[r][1] - g) < 0.1 and abs(stats[r][2] - d) < 1e-4, (r, stats[r])
+stats = margin_by_ratio("lenet", (1, 8, 64), images[:200], labels[:200])
+for r, (m, g, d) in {1: (16.638, 158.62, 0.11467), 8: (11.284, 103.44, 0.11533), 64: (12.615, 158.36, 0.08324)}.items():
+    assert abs(stats[r][0] - m) < 0.01 and abs(stats[r][1] - g) < 0.1 and abs(stats[r][2] - d) < 1e-4, (r, stats[r])
 '''),
     # ------------------------------------------------------------------ 05_gradient_inhibition
     "softmax_is_one": Tests(2, '''\

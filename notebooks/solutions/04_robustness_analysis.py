@@ -60,3 +60,40 @@ def transfer_asymmetry(rows: Sequence[dict], arch: str, attack: str, eps: float)
     to_hashed = {r["ratio"]: r["success"] for r in cells if r["source_ratio"] == 1}
     to_dense = {r["source_ratio"]: r["success"] for r in cells if r["source_ratio"] != 1}
     return {ratio: to_hashed[ratio] - to_dense[ratio] for ratio in sorted(to_hashed)}
+
+
+def margin_by_ratio(arch: str, ratios: Sequence[float], images, labels) -> dict[float, tuple[float, float, float]]:
+    """Exercise 4: per zoo model `hr.load_pretrained("mnist", arch, r)`, the median over the images of the top-1
+    logit margin m = Z_y - max_{i != y} Z_i, of the L1 norm of its input gradient, and of their ratio.
+
+    m / ||grad_x m||_1 is the first-order L-inf distance to the decision boundary: a step of size eps along
+    sign(grad) changes m by about eps ||grad_x m||_1, so FGSM flips the image once eps passes that ratio.
+
+    Args:
+        arch: a zoo architecture on MNIST ("mlp3", "lenet").
+        ratios: the zoo ratios to load.
+        images, labels: (N, 1, 28, 28) images and (N,) labels.
+
+    Returns:
+        {ratio: (median m, median ||grad_x m||_1, median m / ||grad_x m||_1)}.
+
+    Example:
+        >>> import hashrobust as hr
+        >>> test = hr.load_dataset("mnist", "test").subset(1000)
+        >>> stats = margin_by_ratio("mlp3", (1, 2, 8, 64), test.images, test.labels)
+        >>> {r: (round(m, 1), round(g), round(d, 3)) for r, (m, g, d) in stats.items()}
+        {1: (11.5, 253, 0.046), 2: (6.8, 152, 0.044), 8: (6.7, 176, 0.038), 64: (7.9, 428, 0.018)}
+    """
+    import torch
+
+    import hashrobust as hr
+    from hashrobust.attacks import logit_margin, loss_gradient
+
+    result = {}
+    for ratio in ratios:
+        model = hr.load_pretrained("mnist", arch, ratio, device=images.device)
+        with torch.no_grad():
+            margin = -logit_margin(model(images), labels)  # (N,): > 0 where the model is right
+        grad_l1 = loss_gradient(model, images, labels, loss="margin").flatten(1).abs().sum(1)  # (N,)
+        result[ratio] = (margin.median().item(), grad_l1.median().item(), (margin / grad_l1).median().item())
+    return result
