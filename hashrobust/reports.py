@@ -17,7 +17,13 @@ from matplotlib.figure import Figure
 
 from .data import shipped_path
 
-__all__ = ["RESULTS", "DATASET_NAMES", "table", "rounded", "eps_label", "write_csv", "read_csv", "read_results", "pivot", "markdown_table", "heatmap", "percent"]
+__all__ = ["RESULTS", "DATASET_NAMES", "OKABE_ITO", "table", "rounded", "eps_label", "write_csv", "read_csv", "read_results", "pivot", "markdown_table", "heatmap", "percent"]
+
+# The one palette of every line, bar and category (Okabe & Ito 2008): eight colours that colour-blind readers tell
+# apart. Figures pair a colour with a marker or line style, so no two series differ by colour alone; heatmaps of
+# a number use viridis (sequential, also safe) and write the number in each cell.
+OKABE_ITO = {"orange": "#E69F00", "sky blue": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
+             "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7", "black": "#000000"}
 
 RESULTS = shipped_path("results")  # the committed results/<dataset>/ (an installed package: its own copy)
 DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}  # how reports and figure titles name a dataset

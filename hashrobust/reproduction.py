@@ -35,7 +35,7 @@ from .attacks import BIM, FGSM, JSMA
 from .data import ImageDataset, load_dataset
 from .defenses import GradientMaskingWarning, choose_strength, gradient_inhibition, inhibition_report
 from .evaluation import jsma_success, success_rate
-from .reports import DATASET_NAMES, percent, write_csv
+from .reports import DATASET_NAMES, OKABE_ITO, percent, write_csv
 from .zoo import load_pretrained, read_manifest
 
 __all__ = ["PAPER_AVERAGE", "ATTACK_EPS", "SELECTION", "defend_by_rule", "reproduce", "average_success",
@@ -132,11 +132,12 @@ def average_half_width(cells: list[dict], defence: str) -> float:
     return 1.959964 * variance ** 0.5
 
 
-ARCH_COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7"]  # Okabe-Ito: colour-blind safe
+ARCH_COLOURS = [OKABE_ITO[c] for c in ("blue", "vermillion", "green", "purple")]
 # One colour and one marker per compression ratio (Okabe-Ito without its yellow, which is faint on white), so no two
 # series differ by colour alone: ratio = colour + marker, architecture = line style.
-RATIO_STYLES = dict(zip((1, 2, 4, 8, 16, 32, 64), zip(("#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00",
-                                                        "#CC79A7"), ("o", "s", "^", "D", "v", "P", "X"))))
+RATIO_STYLES = dict(zip((1, 2, 4, 8, 16, 32, 64),
+                        zip((OKABE_ITO[c] for c in ("black", "orange", "sky blue", "green", "blue", "vermillion", "purple")),
+                            ("o", "s", "^", "D", "v", "P", "X"))))
 ARCH_LINES = {"mlp3": "-", "lenet": "--", "cifar_cnn": "-", "mlp5": ":"}
 LINE_NAMES = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dot"}
 ATTACK_MARKERS = {"FGSM": "o", "BIM": "s", "JSMA-F": "^"}

@@ -40,6 +40,7 @@ from .defenses import (DEFAULT_GRIDS, SATURATION_MARGIN, UNDERFLOW_MARGIN, Gradi
                        inhibition_report)
 from .evaluation import success_rate, transfer
 from .hashing import hash_positions, num_buckets
+from .reports import OKABE_ITO as PALETTE
 from .zoo import load_pretrained, read_manifest
 
 __all__ = ["RATIOS", "ATTACKS", "example_hash", "RatioExplorer", "AdversarialExplorer", "CompressionAttackExplorer",
@@ -52,9 +53,8 @@ ATTACKS: dict[str, Callable[[nn.Module, float], Attack]] = {  # 20 steps of eps/
     "BIM": lambda model, eps: BIM(model, eps=eps, alpha=max(eps, 0.01) / 8, steps=20),
     "PGD": lambda model, eps: PGD(model, eps=eps, alpha=max(eps, 0.01) / 8, steps=20, seed=0),
 }
-# Okabe-Ito (Okabe & Ito 2008): eight colours that colour-blind readers tell apart
-OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000")
-BLUE, ORANGE = OKABE_ITO[4], OKABE_ITO[0]
+OKABE_ITO = tuple(PALETTE.values())  # one colour per real weight in the bucket grid (at most 8)
+BLUE, ORANGE = PALETTE["blue"], PALETTE["orange"]
 MINUS = "\u2212"  # a typographic minus: "+w3" / "\u2212w3" read as a sign times real weight 3
 _WIDE = {"style": {"description_width": "initial"}, "layout": widgets.Layout(width="460px")}
 
