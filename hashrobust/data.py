@@ -264,7 +264,8 @@ def load_dataset(name: str, split: str = "test", root: str | os.PathLike | None 
         name: "mnist" or "cifar10".
         split: "train" or "test".
         root: data folder; default $HASHROBUST_DATA (relative: to the repository root), else the
-            repository's data/. See `data_root`.
+            repository's data/, or for an installed package `datasets/` in the user's cache folder (created
+            on first use, so that torchvision can download into it, e.g. on Colab). See `data_root`.
 
     Returns:
         An ImageDataset (a torch Dataset) with `.variant` "official" or "jpeg-q75 stand-in".
@@ -279,6 +280,8 @@ def load_dataset(name: str, split: str = "test", root: str | os.PathLike | None 
     check_choice(name, "dataset", DATASETS)
     check_choice(split, "split", ("train", "test"))
     folder = data_root(root)
+    if root is None and not os.environ.get("HASHROBUST_DATA") and not _in_source_checkout():
+        folder.mkdir(parents=True, exist_ok=True)  # an installed package's own download folder, in the user's cache
     source = _describe(folder, root)
     train = split == "train"
     if not folder.is_dir():  # torchvision's download=True would create folder/MNIST/raw, empty, offline

@@ -209,6 +209,26 @@ def test_failed_download_into_an_existing_root_leaves_no_empty_folders(monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_installed_package_downloads_into_its_cache_folder_and_creates_it(monkeypatch, tmp_path, mnist_test):
+    """Colab: no HASHROBUST_DATA, no repository; torchvision's download must get a folder (the user's cache)."""
+    roots = []
+
+    def downloading_mnist(root, train=True, download=False):  # what torchvision does online, with the real files
+        assert download and Path(root).is_dir(), "the download needs an existing folder"
+        roots.append(Path(root))
+        return type("Downloaded", (), {"data": (mnist_test.images * 255).round().to(torch.uint8).squeeze(1),
+                                       "targets": mnist_test.labels})()
+
+    monkeypatch.setattr(hashrobust.data, "_in_source_checkout", lambda: False)
+    monkeypatch.delenv("HASHROBUST_DATA", raising=False)
+    monkeypatch.setenv("HASHROBUST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(torchvision.datasets, "MNIST", downloading_mnist)
+    test = load_dataset("mnist", "test")
+    assert roots == [tmp_path / "cache" / "datasets"] and torch.equal(test.images, mnist_test.images)
+    monkeypatch.setattr(hashrobust.data, "_in_source_checkout", lambda: True)  # a checkout's data/ is never made
+    assert data_root() == PROJECT_DIR / "data"
+
+
 # --- the stand-in's cache: $HASHROBUST_CACHE, else the user's cache folder; never the repository ---------
 
 @pytest.fixture
