@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+from IPython.display import Markdown
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -40,13 +41,14 @@ from .defenses import GradientMaskingWarning, choose_strength, gradient_inhibiti
 from .evaluation import (_adversarials, _outcomes, ensemble_attacks, jsma_success, pack_outcomes, robust_accuracy,
                          summarize, unpack_outcomes, wilson_interval)
 from .reports import DATASET_NAMES, eps_label, percent, rounded, write_csv
+from .reports import table as rendered_table
 from .reproduction import ATTACK_EPS, SELECTION, defend_by_rule
 from .train import predict
 from .zoo import load_pretrained
 
 __all__ = ["Temperature", "adaptive_attacks", "evaluate_adaptive", "write_adaptive", "MODELS", "CHECKLIST",
            "OFF_THE_SHELF", "EPS_CURVE", "run_attacks", "success_by_attack", "worst_case_by_model",
-           "defaults_table", "checklist_markdown"]
+           "defaults_table", "checklist_markdown", "success_markdown", "worst_case_markdown"]
 
 MODELS = {"mnist": [("mlp3", 1), ("mlp3", 8), ("mlp3", 64), ("lenet", 1), ("lenet", 8)],
           "cifar10": [("cifar_cnn", 1), ("cifar_cnn", 8), ("cifar_cnn", 64)]}
@@ -338,6 +340,31 @@ def worst_case_by_model(rows: list[dict]) -> list[dict]:
                           "worst": int(robust.sum()) / n, "worst_low": low, "worst_high": high,
                           "strongest": single["attack"]})
     return table
+
+
+def success_markdown(rows: list[dict]) -> Markdown:
+    """`success_by_attack` as a rendered table: success per attack, undefended and GI, mean over the models.
+
+    Used in: notebooks/06_adaptive_attacks.ipynb (MNIST and CIFAR-10).
+    """
+    return rendered_table(["attack (success, mean over the models)", "undefended", "GI"],
+                          [[r["attack"], f"{100 * r['none']:.1f}%", f"{100 * r['GI']:.1f}%"]
+                           for r in success_by_attack(rows)])
+
+
+def worst_case_markdown(rows: list[dict]) -> Markdown:
+    """`worst_case_by_model` as a rendered table: clean accuracy, and robust accuracy with its 95% interval
+    under the ensemble and under every attack at once, per model and defence.
+
+    Used in: notebooks/06_adaptive_attacks.ipynb (MNIST and CIFAR-10).
+    """
+    def with_interval(t: dict, key: str) -> str:
+        return f"{100 * t[key]:.1f}% [{100 * t[key + '_low']:.1f}, {100 * t[key + '_high']:.1f}]"
+
+    return rendered_table(["model", "defence", "clean", "ensemble [95% CI]", "every attack [95% CI]"],
+                          [[f"{t['arch']} r{t['ratio']:g}", t["defence"], f"{100 * t['clean_acc']:.1f}%",
+                            with_interval(t, "ensemble"), with_interval(t, "worst")] for t in worst_case_by_model(rows)],
+                          align="llrrr")
 
 
 def _span(values: list[float]) -> str:
