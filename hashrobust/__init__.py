@@ -11,6 +11,7 @@ ICML 2015). Importing this package touches no GPU, network or disk.
     hr.evaluate(model, test.subset(1000))
     hr.success_rate(model, hr.FGSM(model, eps=0.3), test.images[:1000], test.labels[:1000])
 """
+from .adversarial_training import AdversarialRecipe
 from .attacks import APGD, APGDT, BIM, CW, EOT, FGSM, JSMA, PGD, Attack, DeepFool, Square
 from .data import CIFAR10_CLASSES, ImageDataset, data_root, load_dataset
 from .hashing import hash_positions, num_buckets
@@ -39,4 +40,6 @@ __all__ = [
     "wilson_interval", "paired_difference",
     # the defence and its diagnostics
     "gradient_inhibition", "inhibition_report", "choose_strength", "GradientMaskingWarning",
+    # a defence that works: adversarial training (TrainRecipe(adversarial=AdversarialRecipe(...)))
+    "AdversarialRecipe",
 ]

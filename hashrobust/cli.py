@@ -2,6 +2,7 @@
 
     hashrobust train --dataset mnist --arch mlp3 --ratio 8 --epochs 5 --seed 0 \
         --from-dense data/checkpoints/mnist-mlp3-r1.pt
+    hashrobust train --dataset mnist --arch lenet --ratio 8 --adversarial fgsm --eps 0.3   # adversarial training
     hashrobust zoo                 # list the shipped checkpoints
     hashrobust zoo --verify        # re-measure each one's clean accuracy
     hashrobust analyze --dataset mnist --n 1000   # the multi-factor analysis -> results/mnist/
@@ -24,6 +25,7 @@ import torch
 from . import __version__
 from ._memory import keep_freed_memory
 from ._validation import check_device
+from .adversarial_training import AdversarialRecipe
 from .data import load_dataset
 from .layers import compress, count_parameters
 from .models import ARCHS, DATASET_OF_ARCH, build_model
@@ -39,7 +41,15 @@ def _train(args: argparse.Namespace) -> int:
         _device(args)
     base = RECIPES[args.arch]
     lr = args.lr if args.lr is not None else (base.lr / 5 if args.from_dense else base.lr)
-    recipe = replace(base, lr=lr, seed=args.seed,
+    adversarial = None
+    if args.adversarial is not None:
+        if args.eps is None:
+            raise SystemExit(f"error: --adversarial {args.adversarial} needs --eps (the L-inf radius in pixel "
+                             f"units, e.g. 0.3 for MNIST, 0.0314 = 8/255 for CIFAR-10)")
+        adversarial = AdversarialRecipe(args.adversarial, args.eps, steps=args.pgd_steps)
+    elif args.eps is not None:
+        raise SystemExit("error: --eps is the radius of adversarial training: give --adversarial fgsm or pgd too")
+    recipe = replace(base, lr=lr, seed=args.seed, adversarial=adversarial,
                      epochs=base.epochs if args.epochs is None else args.epochs,
                      batch_size=base.batch_size if args.batch_size is None else args.batch_size)
     if args.from_dense:
@@ -60,12 +70,19 @@ def _train(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     accuracy = evaluate(model, test_set)
     real, virtual = count_parameters(model)
+    if adversarial is not None:
+        method += f"; adversarially trained ({args.adversarial.upper()} inner max, eps {args.eps:g})"
+        stopped = [row["stopped"] for row in history if "stopped" in row]
+        method += f"; {stopped[0]}" if stopped else ""
     entry = {"command": "hashrobust " + " ".join(shlex.quote(a) for a in args.argv), "method": method,
              "seed": args.seed, "epochs": recipe.epochs, "recipe": recipe.as_dict(), "variant": test_set.variant,
              "clean_test_accuracy": round(accuracy, 4), "test_n": len(test_set), "real_parameters": real,
              "virtual_parameters": virtual, "final_train_loss": round(history[-1]["loss"], 4),
              "train_seconds": round(seconds), "torch": torch.__version__.split("+")[0]}
-    path = save_checkpoint(model.cpu(), args.dataset, args.arch, args.ratio, args.hashed, entry, args.out)
+    if adversarial is not None:
+        entry["check_robust_accuracy"] = [round(row["check_robust_accuracy"], 4) for row in history]
+    training = "standard" if adversarial is None else f"{args.adversarial}-at"
+    path = save_checkpoint(model.cpu(), args.dataset, args.arch, args.ratio, args.hashed, entry, args.out, training)
     print(f"{path.name}: clean test accuracy {accuracy:.2%} on {test_set.description}; "
           f"{real:,} real / {virtual:,} virtual parameters; {seconds:.0f} s")
     return 0
@@ -85,7 +102,8 @@ def _zoo(args: argparse.Namespace) -> int:
             test = load_dataset(entry["dataset"], "test")
             if args.n:
                 test = test.subset(args.n)
-            model = load_pretrained(entry["dataset"], entry["arch"], entry["ratio"], directory=args.out)
+            model = load_pretrained(entry["dataset"], entry["arch"], entry["ratio"], directory=args.out,
+                                    training=entry.get("training", "standard"))
             measured = evaluate(model, test)
             if args.n:  # a subset's accuracy differs from the full split's: shown, not compared
                 line += f"  measured {measured:.2%} on the first {len(test)} (not compared)"
@@ -166,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--from-dense", metavar="CKPT", help="compress this dense checkpoint, then fine-tune")
+    t.add_argument("--adversarial", choices=["fgsm", "pgd"], default=None,
+                   help="adversarial training: fast FGSM with a random start (Wong et al. 2020) or PGD "
+                        "(Madry et al. 2018) as the inner max; saved as <name>-fgsm-at.pt / <name>-pgd-at.pt")
+    t.add_argument("--eps", type=float, default=None, help="with --adversarial: L-inf radius in pixel units")
+    t.add_argument("--pgd-steps", type=int, default=10, help="with --adversarial pgd: inner PGD steps (default 10)")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: cuda if available)")
     t.add_argument("--out", default=None, help=f"checkpoint folder (default {CHECKPOINT_DIR})")
     t.set_defaults(func=_train)

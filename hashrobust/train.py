@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ._validation import check_device, check_number, evaluating
+from .adversarial_training import AdversarialRecipe, CollapseGuard
 from .data import ImageDataset
 
 __all__ = ["TrainRecipe", "set_seed", "train", "evaluate", "predict", "default_device", "RECIPES"]
@@ -35,6 +36,7 @@ class TrainRecipe:
     weight_decay: float = 0.0
     augment: bool = False  # random 4-pixel shifts (reflect padding) and horizontal flips: CIFAR-10 only
     seed: int = 0
+    adversarial: AdversarialRecipe | None = None  # None: standard training
 
     def __post_init__(self) -> None:
         check_number(self.epochs, "epochs", "TrainRecipe", low=1, integer=True)
@@ -42,6 +44,9 @@ class TrainRecipe:
         check_number(self.batch_size, "batch_size", "TrainRecipe", low=1, integer=True)
         check_number(self.weight_decay, "weight_decay", "TrainRecipe", low=0)
         check_number(self.seed, "seed", "TrainRecipe", low=0, integer=True)
+        if self.adversarial is not None and not isinstance(self.adversarial, AdversarialRecipe):
+            raise ValueError("The 'adversarial' of TrainRecipe must be an AdversarialRecipe or None. "
+                             f"Got {type(self.adversarial).__name__} instead.")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -93,6 +98,13 @@ def train(model: nn.Module, train_set: ImageDataset, recipe: TrainRecipe | None 
     augmentation draw from a generator seeded by it (dropout from torch's
     global RNG, which is seeded too).
 
+    With `recipe.adversarial` (an `AdversarialRecipe`), every batch is replaced by its adversarial
+    version before the step (the min-max objective of Madry et al. 2018, eq. 2.1; adversarial_training.py),
+    and after every epoch PGD-10 attacks a fixed batch of the first `check_size` training images: its
+    clean and robust accuracy go into the epoch's row and the progress bar, and a fall of the robust
+    accuracy by more than 0.2 below the best epoch's restores that epoch's weights and stops training
+    (Wong et al. 2020's guard against catastrophic overfitting; the row says `stopped`).
+
     `device`: "cpu", "cuda", "cuda:1", "mps" or a torch.device; None picks `default_device()`. It is
     checked first (`_validation.check_device`), before the seed is set or the model is moved.
 
@@ -103,6 +115,7 @@ def train(model: nn.Module, train_set: ImageDataset, recipe: TrainRecipe | None 
     """
     device = check_device(device, "train") if device is not None else default_device()
     recipe = recipe or TrainRecipe()
+    adversary = recipe.adversarial
     set_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     model.to(device).train()
@@ -110,9 +123,13 @@ def train(model: nn.Module, train_set: ImageDataset, recipe: TrainRecipe | None 
                                 weight_decay=recipe.weight_decay)
     steps = (len(train_set) + recipe.batch_size - 1) // recipe.batch_size
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * steps)
-    history = []
+    if adversary is not None:
+        check = (train_set.images[:adversary.check_size].to(device), train_set.labels[:adversary.check_size].to(device))
+        guard = CollapseGuard(model)
+    history, step = [], 0
     # TQDM_DISABLE (set by CI and nbval runs) is tqdm's own switch; pass `disable` only to force the bar off
-    bar = tqdm(total=recipe.epochs * steps, desc="train", unit="batch", **({} if progress else {"disable": True}))
+    bar = tqdm(total=recipe.epochs * steps, desc="adversarial training" if adversary else "train", unit="batch",
+               **({} if progress else {"disable": True}))
     for epoch in range(recipe.epochs):
         order = torch.randperm(len(train_set), generator=generator)
         total_loss, correct = 0.0, 0
@@ -122,17 +139,28 @@ def train(model: nn.Module, train_set: ImageDataset, recipe: TrainRecipe | None 
             labels = train_set.labels[idx].to(device)
             if recipe.augment:
                 images = _augment(images, generator)
+            if adversary is not None:
+                images = adversary.perturb(model, images, labels, step)
             logits = model(images)
             loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
+            step += 1
             total_loss += loss.item() * len(idx)
             correct += (logits.argmax(1) == labels).sum().item()
             bar.update()
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-        history.append({"epoch": epoch + 1, "loss": total_loss / len(order), "train_accuracy": correct / len(order)})
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
+        row = {"epoch": epoch + 1, "loss": total_loss / len(order), "train_accuracy": correct / len(order)}
+        history.append(row)
+        if adversary is not None:
+            row["check_clean_accuracy"], row["check_robust_accuracy"] = adversary.robust_accuracy(model, *check)
+            bar.set_postfix(epoch=epoch + 1, clean=f"{row['check_clean_accuracy']:.1%}",
+                            robust=f"{row['check_robust_accuracy']:.1%}")
+            if guard.collapsed(row["check_robust_accuracy"], epoch + 1):
+                row["stopped"] = f"catastrophic overfitting: back to epoch {guard.best_epoch}'s weights"
+                break
     bar.close()
     model.eval()
     return history

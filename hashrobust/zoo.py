@@ -46,9 +46,18 @@ _PIN_HOWTO = ("restore it with `git checkout data/checkpoints`, or, if you rebui
               "re-pin it with `python scripts/pin_manifest.py` and commit hashrobust/zoo.py with the checkpoints")
 
 
-def checkpoint_name(dataset: str, arch: str, ratio: float) -> str:
-    """E.g. checkpoint_name("mnist", "mlp3", 8) == "mnist-mlp3-r8.pt"."""
-    return f"{dataset}-{arch}-r{ratio:g}.pt"
+TRAININGS = ("standard", "fgsm-at", "pgd-at")  # standard, or adversarial training with fast FGSM / PGD
+
+
+def checkpoint_name(dataset: str, arch: str, ratio: float, training: str = "standard") -> str:
+    """E.g. "mnist-mlp3-r8.pt" (standard training), "mnist-mlp3-r8-fgsm-at.pt" (fast FGSM adversarial training).
+
+    Example:
+        >>> checkpoint_name("mnist", "lenet", 8, "pgd-at")
+        'mnist-lenet-r8-pgd-at.pt'
+    """
+    check_choice(training, "training", TRAININGS)
+    return f"{dataset}-{arch}-r{ratio:g}{'' if training == 'standard' else '-' + training}.pt"
 
 
 def _sha256(data: bytes) -> str:
@@ -90,7 +99,7 @@ def _verified_manifest(directory: Path) -> dict[str, dict]:
 
 
 def save_checkpoint(model: nn.Module, dataset: str, arch: str, ratio: float, hashed: str, entry: dict,
-                    directory: str | os.PathLike | None = None) -> Path:
+                    directory: str | os.PathLike | None = None, training: str = "standard") -> Path:
     """Write the model's state_dict and add/replace its manifest entry (with sha256 and bytes).
 
     Saving into the shipped zoo (CHECKPOINT_DIR) changes its pinned manifest: a UserWarning then says
@@ -98,7 +107,7 @@ def save_checkpoint(model: nn.Module, dataset: str, arch: str, ratio: float, has
     """
     directory = Path(directory or CHECKPOINT_DIR)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / checkpoint_name(dataset, arch, ratio)
+    path = directory / checkpoint_name(dataset, arch, ratio, training)
     state = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in model.state_dict().items()}
     buffer = io.BytesIO()  # serialised once: the bytes written are the bytes hashed
     torch.save({"format": FORMAT, "dataset": dataset, "arch": arch, "ratio": float(ratio), "hashed": hashed,
@@ -107,7 +116,7 @@ def save_checkpoint(model: nn.Module, dataset: str, arch: str, ratio: float, has
     path.write_bytes(data)
     manifest = read_manifest(directory)
     manifest[path.name] = {**entry, "dataset": dataset, "arch": arch, "ratio": float(ratio), "hashed": hashed,
-                           "sha256": _sha256(data), "bytes": len(data)}
+                           **({} if training == "standard" else {"training": training}), "sha256": _sha256(data), "bytes": len(data)}
     text = (json.dumps(dict(sorted(manifest.items())), indent=2) + "\n").encode()
     tmp = directory / (MANIFEST + ".tmp")
     tmp.write_bytes(text)
@@ -156,7 +165,7 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
 
 
 def load_pretrained(dataset: str, arch: str, ratio: float = 1, device: torch.device | str = "cpu",
-                    directory: str | os.PathLike | None = None) -> nn.Module:
+                    directory: str | os.PathLike | None = None, training: str = "standard") -> nn.Module:
     """A shipped model of the zoo, in eval mode, after checking its sha256 (and the manifest's pin).
 
     Paper: reconstructed protocol, docs/protocol.md §7 (the dense and hash-compressed networks under attack).
@@ -167,6 +176,8 @@ def load_pretrained(dataset: str, arch: str, ratio: float = 1, device: torch.dev
         ratio: compression ratio (1 = dense).
         device: where to put the model: "cpu", "cuda", "cuda:1", "mps" or a torch.device; checked first,
             before any file is read (`_validation.check_device`).
+        training: "standard", or "fgsm-at" / "pgd-at" for an adversarially trained model
+            (adversarial_training.py), where the zoo has one.
 
     Example:
         >>> model = load_pretrained("mnist", "mlp3", ratio=8)
@@ -177,7 +188,7 @@ def load_pretrained(dataset: str, arch: str, ratio: float = 1, device: torch.dev
     """
     device = check_device(device, "load_pretrained")
     directory = Path(directory or CHECKPOINT_DIR)
-    name = checkpoint_name(dataset, arch, ratio)
+    name = checkpoint_name(dataset, arch, ratio, training)
     manifest = read_manifest(directory)
     if name not in manifest:
         check_choice(name, "checkpoint", manifest or ["(the zoo is empty)"])
