@@ -115,8 +115,9 @@ def save_checkpoint(model: nn.Module, dataset: str, arch: str, ratio: float, has
     data = buffer.getvalue()
     path.write_bytes(data)
     manifest = read_manifest(directory)
+    trained = {} if training == "standard" else {"training": training}
     manifest[path.name] = {**entry, "dataset": dataset, "arch": arch, "ratio": float(ratio), "hashed": hashed,
-                           **({} if training == "standard" else {"training": training}), "sha256": _sha256(data), "bytes": len(data)}
+                           **trained, "sha256": _sha256(data), "bytes": len(data)}
     text = (json.dumps(dict(sorted(manifest.items())), indent=2) + "\n").encode()
     tmp = directory / (MANIFEST + ".tmp")
     tmp.write_bytes(text)

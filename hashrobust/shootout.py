@@ -1,0 +1,266 @@
+"""The compression shoot-out at equal storage: HashedNets against pruning, quantisation and a small dense network.
+
+Hardware shrinks a network in more ways than hashing. At a storage ratio r (the dense fully connected
+weights' bits over the bits of the values a method stores for them) this module builds, from a trained
+dense model, each contender for its fully connected layers:
+
+    hashed        HashedNets (Chen et al., ICML 2015): K = ceil(N / r) real weights shared through a
+                  hash; nothing else stored but a seed (layers.compress).
+    pruned        global magnitude pruning (Han, Pool, Tran, Dally, NeurIPS 2015) keeping N / r weights,
+                  fine-tuned under its mask (torch.nn.utils.prune); stores the values and their indices.
+    quantized     k-bit weights (r = 32 / k; below 1 bit per weight with pruning: keep a fraction f,
+                  r = 32 / (k f)) with 8-bit activations, trained quantisation-aware with the
+                  straight-through estimator (Bengio, Leonard, Courville 2013; Jacob et al., CVPR 2018).
+                  1 bit: sign(w) * mean|w| (XNOR-Net, Rastegari et al. 2016); 2 bits: ternary with
+                  threshold 0.7 mean|w| (TWN, Li & Liu 2016); 3+ bits: uniform symmetric levels.
+    small dense   the "equivalent-size" network of HashedNets' Table 1: the same architecture with its
+                  hidden fully connected widths divided by r, so it has about N / r weights.
+
+`storage` counts what each one stores: values, indices (pruning: a CSR column index per kept weight
+and a row pointer per row) and codebooks (a quantisation scale per layer), beside the ratio on values.
+
+Quantised inference is not differentiable: the rounding of the activations has derivative 0 almost
+everywhere, so an attack that differentiates the quantised model gets no gradient (gradient masking,
+Bernhard et al., "Impact of Low-bitwidth Quantization on the Adversarial Robustness for Embedded Neural
+Networks", CW 2019). `bpda` returns the same model with the rounding's backward replaced by the identity
+(BPDA with the straight-through approximation, Athalye, Carlini, Wagner, ICML 2018, Sec. 4.1): its
+forward pass is unchanged, so the same predictions are attacked with a useful gradient.
+
+Issue 11, Section 2, of this project. Shapes: N batch, I/O in/out features.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import prune as torch_prune
+
+from ._validation import check_choice, check_number, evaluating
+from .layers import _HashedLayer
+from .models import ARCHS, _lenet, _mlp
+
+__all__ = ["QuantizedLinear", "prune", "quantize", "bpda", "equivalent_size", "storage", "METHODS",
+           "QUANTIZATION_AT"]
+
+METHODS = ("hashed", "pruned", "quantized", "small dense")
+# Which (bits, kept fraction) reaches each storage ratio on the weight values: 32 / (bits * kept).
+QUANTIZATION_AT = {8: (4, 1.0), 64: (2, 0.25)}
+ACTIVATION_BITS = 8
+
+
+def _fc_layers(model: nn.Module, owner: str) -> list[nn.Linear]:
+    hashed = [name for name, m in model.named_modules() if isinstance(m, _HashedLayer)]
+    if hashed:
+        raise ValueError(f"{owner} needs a dense model; {', '.join(hashed)} are hashed layers. Start from the "
+                         f"dense (ratio 1) model, e.g. load_pretrained(dataset, arch, 1).")
+    layers = [m for m in model.modules() if type(m) is nn.Linear]
+    if not layers:
+        raise ValueError(f"{owner} found no nn.Linear layer in the model: it compresses fully connected layers.")
+    return layers
+
+
+def prune(model: nn.Module, ratio: float) -> nn.Module:
+    """A copy of the dense `model` with its fully connected weights globally magnitude-pruned to 1 / ratio of them.
+
+    The masks stay attached (torch.nn.utils.prune's reparametrisation) so fine-tuning keeps the pruned
+    weights at 0; `storage` counts the kept ones. Biases are kept whole.
+
+    Example:
+        >>> pruned = prune(load_pretrained("mnist", "mlp3"), 8)
+        >>> sum(int((m.weight != 0).sum()) for m in pruned.modules() if isinstance(m, nn.Linear))
+        99250
+    """
+    check_number(ratio, "ratio", "prune", low=1)
+    model = copy.deepcopy(model)
+    layers = _fc_layers(model, "prune")
+    total = sum(m.weight.numel() for m in layers)
+    torch_prune.global_unstructured([(m, "weight") for m in layers], pruning_method=torch_prune.L1Unstructured,
+                                    amount=total - math.ceil(total / ratio))
+    return model
+
+
+def _level_weights(w: Tensor, bits: int) -> Tensor:
+    """w rounded to its k-bit codebook: 1 bit XNOR-Net, 2 bits TWN ternary, 3+ bits uniform symmetric."""
+    magnitude = w.abs()
+    if bits == 1:
+        return w.sign() * magnitude.mean()
+    if bits == 2:
+        threshold = 0.7 * magnitude.mean()
+        kept = magnitude > threshold
+        alpha = magnitude[kept].mean() if kept.any() else magnitude.new_zeros(())
+        return torch.where(kept, w.sign() * alpha, torch.zeros_like(w))
+    levels = 2 ** (bits - 1) - 1
+    scale = magnitude.max().clamp(min=torch.finfo(w.dtype).tiny) / levels
+    return (w / scale).round().clamp(-levels, levels) * scale
+
+
+class QuantizedLinear(nn.Module):
+    """A fully connected layer computing with k-bit weights and 8-bit activations, trained through the rounding.
+
+    Forward: y = Q_a(x) Q_w(w * mask)^T + b. The weights' rounding always passes the gradient straight
+    through (w gets the gradient of its rounded value, which is how quantisation-aware training learns).
+    The activations' rounding (symmetric 8-bit over [-range, range], range calibrated by `quantize`)
+    does so only while `straight_through` is True (training, and `bpda`); otherwise its derivative is
+    the true one, 0, and so is every input gradient through it.
+
+    Args:
+        linear: the dense layer to start from (its weight and bias are copied).
+        bits: weight bits, 1 to 8.
+        mask: optional 0/1 tensor of the weight's shape: the kept weights (pruning before quantising).
+    """
+
+    def __init__(self, linear: nn.Linear, bits: int, mask: Tensor | None = None) -> None:
+        super().__init__()
+        self.bits = int(check_number(bits, "bits", "QuantizedLinear", low=1, high=8, integer=True))
+        self.weight = nn.Parameter(linear.weight.detach().clone())
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
+        self.register_buffer("mask", torch.ones_like(self.weight) if mask is None else mask.to(self.weight))
+        self.register_buffer("activation_range", torch.ones(()))
+        self.straight_through = True
+
+    def quantized_weight(self) -> Tensor:
+        """The k-bit weight the layer computes with (what hardware stores, with the per-layer scale)."""
+        w = self.weight * self.mask
+        return _level_weights(w.detach(), self.bits) * self.mask
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight * self.mask
+        w = w + (self.quantized_weight() - w).detach()  # straight-through for the weights
+        levels = 2 ** (ACTIVATION_BITS - 1) - 1
+        scale = self.activation_range / levels
+        x_q = (x / scale).round().clamp(-levels, levels) * scale
+        if self.straight_through:
+            x_q = x + (x_q - x).detach()
+        return F.linear(x_q, w, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, bits={self.bits}, "
+                f"kept={self.mask.mean().item():.3g}, straight_through={self.straight_through}")
+
+
+def quantize(model: nn.Module, bits: int, keep: float = 1.0, calibration: Tensor | None = None) -> nn.Module:
+    """A copy of the dense `model` whose fully connected layers are `QuantizedLinear` (k-bit weights, 8-bit inputs).
+
+    Args:
+        model: a dense classifier; it is not modified.
+        bits: weight bits, 1 to 8 (QUANTIZATION_AT: 4 bits for ratio 8; 2 bits keeping 1/4 for 64).
+        keep: fraction of the fully connected weights kept by global magnitude pruning first, in (0, 1].
+        calibration: images (N, C, H, W) whose activations set each layer's 8-bit input range (the
+            largest |input| seen); None keeps range 1 (set it before use).
+
+    The copy is in training mode's straight-through setting for fine-tuning; call `bpda(model, False)`
+    for the quantised model's own (zero) activation derivative, what a naive attacker differentiates.
+    """
+    check_number(keep, "keep", "quantize", low=0, high=1)
+    if keep == 0:
+        raise ValueError("The 'keep' of quantize must be in (0, 1]: the fraction of weights kept. Got 0 instead.")
+    _fc_layers(model, "quantize")
+    model = prune(model, 1 / keep) if keep < 1 else copy.deepcopy(model)
+    layers = {name: m for name, m in model.named_modules() if type(m) is nn.Linear}
+    for name, linear in layers.items():
+        mask = getattr(linear, "weight_mask", None)
+        if mask is not None:
+            torch_prune.remove(linear, "weight")
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, QuantizedLinear(linear, bits, mask))
+    if calibration is not None:
+        _calibrate(model, calibration)
+    return model
+
+
+@torch.no_grad()
+def _calibrate(model: nn.Module, images: Tensor, batch_size: int = 500) -> None:
+    """Each QuantizedLinear's input range: the largest |input| it sees on `images`, in eval mode."""
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    for layer in layers:
+        layer.activation_range.zero_()
+
+    def widen(layer: QuantizedLinear, args: tuple[Tensor, ...]) -> None:
+        layer.activation_range.copy_(torch.maximum(layer.activation_range, args[0].abs().max()))
+
+    hooks = [layer.register_forward_pre_hook(widen) for layer in layers]
+    try:
+        with evaluating(model):
+            for i in range(0, len(images), batch_size):
+                model(images[i:i + batch_size])
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def bpda(model: nn.Module, straight_through: bool = True) -> nn.Module:
+    """A copy of a quantised model whose activation rounding back-propagates as the identity (BPDA), or as 0.
+
+    The forward pass, hence every prediction, is unchanged; only what a gradient attack sees differs.
+    Paper: Athalye, Carlini, Wagner, ICML 2018, Sec. 4.1 (BPDA, the straight-through special case).
+    """
+    model = copy.deepcopy(model)
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    if not layers:
+        raise ValueError("bpda needs a quantised model (from `quantize`); this one has no QuantizedLinear layer.")
+    for layer in layers:
+        layer.straight_through = straight_through
+    return model
+
+
+def equivalent_size(arch: str, ratio: float) -> nn.Sequential:
+    """HashedNets' "equivalent-size" dense network: `arch` with its hidden FC widths divided by `ratio`.
+
+    mlp3 784-1000-10 becomes 784-h-10 and lenet's 800-500-10 head 800-h-10, h = round(width / ratio)
+    (at least 1), so the FC layers hold about 1 / ratio of the weights. Freshly initialised.
+
+    Example:
+        >>> [m.out_features for m in equivalent_size("mlp3", 8) if isinstance(m, nn.Linear)]
+        [125, 10]
+    """
+    check_choice(arch, "arch", [a for a in ARCHS if a in ("mlp3", "lenet")])
+    check_number(ratio, "ratio", "equivalent_size", low=1)
+    if arch == "mlp3":
+        return _mlp([784, max(1, round(1000 / ratio)), 10])
+    model = _lenet()
+    hidden = max(1, round(500 / ratio))
+    model[-3], model[-1] = nn.Linear(800, hidden), nn.Linear(hidden, 10)
+    return model
+
+
+def storage(model: nn.Module, dense_weights: int) -> dict:
+    """What a compressed model stores for its fully connected weights, in bits, against the dense model's.
+
+    Args:
+        model: hashed, pruned (masks attached or removed), quantised, or a small dense network.
+        dense_weights: the dense model's fully connected weight count N (the reference: N x 32 bits).
+
+    Returns:
+        {"values": stored weight values, "value_bits", "index_bits" (CSR: ceil(log2 I) bits per kept
+        weight plus a 32-bit pointer per row, for pruned layers), "codebook_bits" (a 32-bit scale per
+        quantised layer), "ratio": 32 N / value_bits, "ratio_all": 32 N / all bits}.
+
+    Example:
+        >>> dense = load_pretrained("mnist", "mlp3")
+        >>> storage(compress(dense, 8), 794000)["ratio"] > 7.9
+        True
+    """
+    values = value_bits = index_bits = codebook_bits = 0
+    for m in model.modules():
+        if isinstance(m, _HashedLayer):
+            values += m.weight.numel()
+            value_bits += 32 * m.weight.numel()
+        elif isinstance(m, QuantizedLinear):
+            kept = int(m.mask.sum())
+            values += kept
+            value_bits += m.bits * kept
+            codebook_bits += 32
+            if kept < m.mask.numel():
+                index_bits += kept * math.ceil(math.log2(m.mask.shape[1])) + 32 * (m.mask.shape[0] + 1)
+        elif type(m) is nn.Linear:  # dense, or pruned: non-zeros are what is stored (the mask's, while attached)
+            kept, numel = int(torch.count_nonzero(getattr(m, "weight_mask", m.weight))), m.weight.numel()
+            values += kept
+            value_bits += 32 * kept
+            if kept < numel:
+                index_bits += kept * math.ceil(math.log2(m.weight.shape[1])) + 32 * (m.weight.shape[0] + 1)
+    return {"values": values, "value_bits": value_bits, "index_bits": index_bits, "codebook_bits": codebook_bits,
+            "ratio": 32 * dense_weights / value_bits,
+            "ratio_all": 32 * dense_weights / (value_bits + index_bits + codebook_bits)}

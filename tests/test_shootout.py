@@ -1,0 +1,139 @@
+"""Tests for hashrobust.shootout: pruning, quantisation, BPDA, the equivalent-size network and storage accounting."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from hashrobust.attacks import FGSM
+from hashrobust.layers import compress
+from hashrobust.models import build_model
+from hashrobust.shootout import (QUANTIZATION_AT, QuantizedLinear, bpda, equivalent_size, prune, quantize,
+                                 storage)
+from hashrobust.train import TrainRecipe, predict, train
+from hashrobust.zoo import load_pretrained
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+N = 784 * 1000 + 1000 * 10  # mlp3's fully connected weights
+
+
+@pytest.fixture(scope="module")
+def dense():
+    return load_pretrained("mnist", "mlp3")
+
+
+def _weights(model):
+    return [m.weight for m in model.modules() if type(m) is nn.Linear]
+
+
+@pytest.mark.parametrize("ratio", [8, 64])
+def test_prune_keeps_the_largest_n_over_r_weights_globally_and_leaves_the_model_alone(dense, ratio):
+    before = [w.detach().clone() for w in _weights(dense)]
+    pruned = prune(dense, ratio)
+    kept = torch.cat([w.detach().flatten() for w in _weights(pruned)])
+    original = torch.cat([w.flatten() for w in before])
+    assert int((kept != 0).sum()) == math.ceil(N / ratio)
+    assert original[kept != 0].abs().min() >= original[kept == 0].abs().max()  # one global threshold
+    assert torch.equal(kept[kept != 0], original[kept != 0])
+    assert all(torch.equal(w, b) for w, b in zip(_weights(dense), before))
+    found = storage(pruned, N)
+    assert found["values"] == math.ceil(N / ratio) and found["ratio"] == pytest.approx(ratio, rel=1e-4)
+    expected_index = sum(
+        int(m.weight_mask.sum()) * math.ceil(math.log2(m.weight.shape[1])) + 32 * (m.weight.shape[0] + 1)
+        for m in pruned.modules() if hasattr(m, "weight_mask"))
+    assert found["index_bits"] == expected_index and found["ratio_all"] < found["ratio"]
+
+
+def test_fine_tuning_a_pruned_model_keeps_its_zeros(dense, mnist_train):
+    pruned = prune(dense, 8)
+    zeros = [w.detach() == 0 for w in _weights(pruned)]
+    train(pruned, mnist_train.subset(256), TrainRecipe(epochs=1, batch_size=128, lr=0.01), device="cpu",
+          progress=False)
+    assert all(bool((w.detach()[z] == 0).all()) for w, z in zip(_weights(pruned), zeros))
+    assert storage(pruned, N)["values"] == math.ceil(N / 8)
+
+
+@pytest.mark.parametrize("bits, most", [(1, 2), (2, 3), (4, 15), (8, 255)])
+def test_quantized_weights_take_at_most_the_codebooks_levels(dense, bits, most):
+    model = quantize(dense, bits)
+    for layer in (m for m in model.modules() if isinstance(m, QuantizedLinear)):
+        levels = layer.quantized_weight().unique()
+        assert 2 <= len(levels) <= most
+        if bits <= 2:  # +-alpha (and 0 for ternary)
+            assert len(levels[levels != 0].abs().unique()) == 1 and (bits == 2 or 0 not in levels)
+        else:  # integer multiples of the scale max|w| / (2^(k-1) - 1), the largest |w| on the top level
+            steps = levels * (2 ** (bits - 1) - 1) / levels.abs().max()
+            assert torch.allclose(steps, steps.round(), atol=1e-3)
+            assert steps.abs().max() == pytest.approx(2 ** (bits - 1) - 1)
+
+
+@pytest.mark.parametrize("ratio", [8, 64])
+def test_the_quantisation_settings_reach_their_storage_ratio_and_keep_accuracy(dense, mnist_train, mnist_test, ratio):
+    bits, keep = QUANTIZATION_AT[ratio]
+    model = quantize(dense, bits, keep, calibration=mnist_train.images[:1000])
+    found = storage(model, N)
+    assert found["ratio"] == pytest.approx(ratio, rel=1e-3)
+    assert found["codebook_bits"] == 2 * 32 and (found["index_bits"] > 0) == (keep < 1)
+    accuracy = (predict(model, mnist_test.images[:1000]) == mnist_test.labels[:1000]).float().mean().item()
+    assert accuracy > (0.95 if ratio == 8 else 0.85)  # before any fine-tuning (measured: 0.983, 0.915)
+
+
+def test_activation_range_is_the_largest_input_seen_and_the_forward_is_the_formula(dense, mnist_train):
+    images = mnist_train.images[:200]
+    model = quantize(dense, 4, calibration=images)
+    first = model[2]
+    x = model[1](model[0](images))
+    assert first.activation_range.item() == pytest.approx(x.abs().max().item())
+    scale = first.activation_range / 127
+    expected = nn.functional.linear((x / scale).round().clamp(-127, 127) * scale, first.quantized_weight(),
+                                    first.bias)
+    assert torch.allclose(first(x), expected, rtol=0, atol=1e-5)
+
+
+def test_rounding_masks_the_gradient_and_bpda_gives_it_back(dense, mnist_train, mnist_test):
+    model = quantize(dense, 4, calibration=mnist_train.images[:1000])
+    naive, straight = bpda(model, straight_through=False), bpda(model)
+    images, labels = mnist_test.images[:500], mnist_test.labels[:500]
+    assert torch.equal(predict(naive, images), predict(straight, images))  # the same forward pass
+    x = images[:50].clone().requires_grad_(True)
+    nn.functional.cross_entropy(naive(x), labels[:50]).backward()
+    assert torch.count_nonzero(x.grad) == 0
+    clean = predict(naive, images)
+    masked = (predict(naive, FGSM(naive, eps=0.1)(images, labels)) != clean).float().mean().item()
+    broken = (predict(naive, FGSM(straight, eps=0.1)(images, labels)) != clean).float().mean().item()
+    assert masked == 0 and broken > 0.5  # measured: 0.0 and 0.78 after one epoch of fine-tuning
+
+
+def test_equivalent_size_networks_hold_about_one_over_r_of_the_fc_weights():
+    for ratio in (8, 64):
+        small = equivalent_size("mlp3", ratio)
+        assert sum(w.numel() for w in _weights(small)) == pytest.approx(N / ratio, rel=0.03)
+        assert small(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+        assert storage(small, N)["ratio"] == pytest.approx(ratio, rel=0.03)
+    lenet = equivalent_size("lenet", 8)
+    assert [m.out_features for m in lenet if isinstance(m, nn.Linear)] == [62, 10]
+    assert lenet(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_hashed_and_dense_storage(dense):
+    assert storage(dense, N) == {"values": N, "value_bits": 32 * N, "index_bits": 0, "codebook_bits": 0,
+                                 "ratio": 1.0, "ratio_all": 1.0}
+    hashed = storage(compress(dense, 64), N)
+    assert hashed["ratio"] == pytest.approx(64, rel=1e-3) and hashed["index_bits"] == 0
+
+
+def test_bad_inputs_say_what_is_allowed(dense):
+    with pytest.raises(ValueError, match="needs a dense model"):
+        prune(build_model("mlp3", ratio=8), 8)
+    with pytest.raises(ValueError, match="'bits'"):
+        quantize(dense, 0)
+    with pytest.raises(ValueError, match="'keep' of quantize must be in \\(0, 1\\]"):
+        quantize(dense, 2, keep=0)
+    with pytest.raises(ValueError, match="bpda needs a quantised model"):
+        bpda(dense)
+    with pytest.raises(ValueError, match="no nn.Linear layer"):
+        prune(nn.Sequential(nn.Conv2d(1, 2, 3)), 8)
+    with pytest.raises(ValueError, match="Unknown arch 'cifar_cnn'"):
+        equivalent_size("cifar_cnn", 8)
