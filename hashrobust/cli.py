@@ -9,6 +9,7 @@
     hashrobust reproduce --dataset mnist          # the paper's headline, with and without GI
     hashrobust adaptive --dataset mnist           # GI against attacks that adapt to it
     hashrobust analyze --dataset mnist --device cuda   # on a GPU (analyze, reproduce, adaptive; default cpu)
+    hashrobust shootout --arch mlp3 --eps 0.1     # hashing vs pruning vs quantisation at equal storage
 """
 from __future__ import annotations
 
@@ -168,6 +169,19 @@ def _adaptive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shootout(args: argparse.Namespace) -> int:
+    from .shootout import run_shootout, write_shootout
+
+    start = time.perf_counter()
+    rows = run_shootout(args.arch, tuple(args.ratios), n=args.n, eps=args.eps, epochs=args.epochs,
+                        training=args.training, device=_device(args))
+    out_dir = Path(args.out or "results/mnist")
+    for path in write_shootout(rows, out_dir, "hashrobust " + " ".join(map(shlex.quote, args.argv))):
+        print(f"wrote {path}")
+    print(f"{len(rows)} rows in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hashrobust", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"hashrobust {__version__}")
@@ -224,6 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="cpu", help=DEVICE_HELP)
         p.add_argument("--out", default=None, help="output folder (default results/<dataset>)")
         p.set_defaults(func=func)
+    s = sub.add_parser("shootout", help="hashing vs pruning vs quantisation vs a small dense net at equal storage "
+                                         "(MNIST)")
+    s.add_argument("--arch", choices=["mlp3", "lenet"], default="mlp3")
+    s.add_argument("--ratios", type=float, nargs="+", default=[8, 64], help="storage ratios (default 8 64)")
+    s.add_argument("--n", type=int, default=1000, help="the first n test images (default 1000)")
+    s.add_argument("--eps", type=float, default=0.1, help="the attacks' L-inf radius (default 0.1)")
+    s.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs of the compressed models (default 3)")
+    s.add_argument("--training", choices=["standard", "fgsm-at", "pgd-at"], default="standard",
+                   help="start from the zoo's standard or adversarially trained dense model, and fine-tune alike")
+    s.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    s.add_argument("--out", default=None, help="output folder (default results/mnist)")
+    s.set_defaults(func=_shootout)
     return parser
 
 

@@ -32,6 +32,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -39,16 +42,26 @@ from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
 from ._validation import check_choice, check_number, evaluating
-from .layers import _HashedLayer
+from .adversarial_training import AdversarialRecipe
+from .attacks import FGSM, PGD
+from .data import ImageDataset, load_dataset
+from .evaluation import ensemble_attacks, robust_accuracy, success_rate, transfer
+from .layers import _HashedLayer, compress
 from .models import ARCHS, _lenet, _mlp
+from .reports import rounded, write_csv
+from .train import RECIPES, train
+from .zoo import checkpoint_name, load_pretrained, read_manifest
 
-__all__ = ["QuantizedLinear", "prune", "quantize", "bpda", "equivalent_size", "storage", "METHODS",
+__all__ = ["QuantizedLinear", "prune", "quantize", "bpda", "equivalent_size", "storage", "build_contenders",
+           "evaluate_contenders", "run_shootout", "shootout_markdown", "write_shootout", "METHODS",
            "QUANTIZATION_AT"]
 
 METHODS = ("hashed", "pruned", "quantized", "small dense")
 # Which (bits, kept fraction) reaches each storage ratio on the weight values: 32 / (bits * kept).
 QUANTIZATION_AT = {8: (4, 1.0), 64: (2, 0.25)}
 ACTIVATION_BITS = 8
+_RATES = ("n", "clean_acc", "clean_acc_low", "clean_acc_high", "robust_acc", "robust_acc_low", "robust_acc_high",
+          "success", "success_low", "success_high")
 
 
 def _fc_layers(model: nn.Module, owner: str) -> list[nn.Linear]:
@@ -264,3 +277,130 @@ def storage(model: nn.Module, dense_weights: int) -> dict:
     return {"values": values, "value_bits": value_bits, "index_bits": index_bits, "codebook_bits": codebook_bits,
             "ratio": 32 * dense_weights / value_bits,
             "ratio_all": 32 * dense_weights / (value_bits + index_bits + codebook_bits)}
+
+
+# ----------------------------------------------------------------------------- the experiment
+def build_contenders(dense: nn.Module, arch: str, ratio: float, train_set: ImageDataset, epochs: int = 3,
+                     adversarial: AdversarialRecipe | None = None, calibration: Tensor | None = None,
+                     device: torch.device | str = "cpu", seed: int = 0) -> dict[str, nn.Module]:
+    """The four contenders at storage ratio `ratio`, each from `dense` with the same fine-tuning budget.
+
+    hashed, pruned and quantized are compressed from `dense` and fine-tuned for `epochs` epochs at a
+    fifth of the arch's learning rate (as `hashrobust train --from-dense`); "small dense" is trained
+    from scratch with the arch's own recipe (HashedNets trains its equivalent-size network that way).
+    With `adversarial`, every one of them is (fine-)tuned adversarially; start from an adversarially
+    trained dense model then. The quantised model comes back in its honest setting (`bpda(m, False)`).
+    """
+    check_choice(arch, "arch", ("mlp3", "lenet"))
+    base = RECIPES[arch]
+    tune = replace(base, epochs=epochs, lr=base.lr / 5, seed=seed, adversarial=adversarial, augment=False)
+    bits, keep = QUANTIZATION_AT.get(ratio, (max(1, min(8, round(32 / ratio))), 1.0))
+    contenders = {"hashed": compress(dense, ratio), "pruned": prune(dense, ratio),
+                  "quantized": quantize(dense, bits, keep, calibration=calibration)}
+    torch.manual_seed(seed)
+    contenders["small dense"] = equivalent_size(arch, ratio)
+    for name, model in contenders.items():
+        recipe = replace(base, seed=seed, adversarial=adversarial) if name == "small dense" else tune
+        train(model, train_set, recipe, device=device, progress=False)
+    contenders["quantized"] = bpda(contenders["quantized"], straight_through=False)
+    return {name: model.cpu().eval() for name, model in contenders.items()}
+
+
+def evaluate_contenders(contenders: dict[str, nn.Module], dense: nn.Module, images: Tensor, labels: Tensor,
+                        eps: float, dense_weights: int, preset: str = "standard") -> list[dict]:
+    """Clean accuracy, white-box and transfer attacks and ensemble robust accuracy of each contender.
+
+    White-box attacks differentiate the model itself, except for the quantised one, where they go
+    through `bpda` (and one more row shows FGSM through the rounding, masked). Transfer crafts PGD-40 on
+    `dense` (the uncompressed model an attacker may hold). The ensemble (evaluation.robust_accuracy,
+    `preset`) is built on what the white-box attacks differentiate and always scored on the contender.
+    Every rate carries its 95% Wilson interval.
+    """
+    rows, pgd = [], {"eps": eps, "alpha": eps / 4, "steps": 40}
+    for name, model in contenders.items():
+        attacked = bpda(model) if name == "quantized" else model
+        found = {"method": name, "eps": eps, **{k: v for k, v in storage(model, dense_weights).items()
+                                                 if k in ("ratio", "ratio_all", "index_bits", "codebook_bits")}}
+        results = {}
+        if name == "quantized":
+            results["FGSM through the rounding (masked)"] = success_rate(model, FGSM(model, eps=eps), images, labels)
+        results["FGSM"] = transfer(attacked, model, FGSM(attacked, eps=eps), images, labels)
+        results["PGD-40"] = transfer(attacked, model, PGD(attacked, **pgd), images, labels)
+        results["transfer: PGD-40 from the dense model"] = transfer(dense, model, PGD(dense, **pgd), images, labels)
+        ensemble = robust_accuracy(model, images, labels, eps, attacks=ensemble_attacks(attacked, eps, preset=preset))
+        results[f"ensemble ({preset})"] = {**ensemble, "success": None, "success_low": None, "success_high": None}
+        rows += [{**found, "attack": attack, **{k: result[k] for k in _RATES}} for attack, result in results.items()]
+    return rows
+
+
+def run_shootout(arch: str = "mlp3", ratios: tuple[float, ...] = (8, 64), n: int = 1000, eps: float = 0.1,
+                 epochs: int = 3, training: str = "standard", preset: str = "standard",
+                 device: torch.device | str = "cpu", train_subset: int | None = None) -> list[dict]:
+    """The shoot-out on MNIST: every contender at every ratio, beside the dense model, on the first n test images.
+
+    Args:
+        arch: "mlp3" or "lenet" (its fully connected layers are compressed; the convolutions stay dense).
+        ratios: storage ratios, each >= 1 (QUANTIZATION_AT says how quantisation reaches 8 and 64).
+        n: test images; eps: the attacks' L-inf radius.
+        epochs: fine-tuning epochs of the compressed models (the small dense net takes the arch's recipe).
+        training: "standard", or "fgsm-at" / "pgd-at": start from the zoo's adversarially trained dense
+            model and fine-tune every contender adversarially (at that model's eps, from its manifest entry).
+        train_subset: train on the first k training images only (tests; None: all 60000).
+
+    Returns:
+        evaluate_contenders' rows, with "dataset", "arch", "training" and "ratio_target", and the dense
+        model's own rows (method "dense", ratio 1).
+    """
+    check_choice(training, "training", ("standard", "fgsm-at", "pgd-at"))
+    dense = load_pretrained("mnist", arch, 1, training=training)
+    adversarial = None
+    if training != "standard":
+        recipe = read_manifest()[checkpoint_name("mnist", arch, 1, training)]["recipe"]["adversarial"]
+        adversarial = AdversarialRecipe(**recipe)
+    train_set, test = load_dataset("mnist", "train"), load_dataset("mnist", "test").subset(n)
+    if train_subset is not None:
+        train_set = train_set.subset(train_subset)
+    dense_weights = sum(m.weight.numel() for m in _fc_layers(dense, "run_shootout"))
+    rows = [{"ratio_target": 1, **row} for row in
+            evaluate_contenders({"dense": dense}, dense, test.images, test.labels, eps, dense_weights, preset)]
+    for ratio in ratios:
+        contenders = build_contenders(dense, arch, ratio, train_set, epochs, adversarial,
+                                      calibration=train_set.images[:1000], device=device)
+        rows += [{"ratio_target": ratio, **row} for row in
+                 evaluate_contenders(contenders, dense, test.images, test.labels, eps, dense_weights, preset)]
+    return [{"dataset": "mnist", "arch": arch, "training": training, **row} for row in rows]
+
+
+def shootout_markdown(rows: list[dict]) -> str:
+    """The report: per ratio and method, storage and the rates with their 95% intervals."""
+    def rate(row: dict, key: str) -> str:
+        if row[key] is None:
+            return ""
+        return f"{100 * row[key]:.1f} [{100 * row[key + '_low']:.1f}, {100 * row[key + '_high']:.1f}]"
+
+    first = rows[0]
+    lines = [f"# Compression shoot-out at equal storage: MNIST {first['arch']} ({first['training']} training)", "",
+             f"L-inf eps = {first['eps']:g} on the first {first['n']} test images. Storage ratio: the dense FC "
+             "weights' bits over the stored values' bits (\"all\": with index and codebook bits too). White-box "
+             "attacks on the quantised model go through BPDA; the masked row shows them through the rounding. "
+             "Success: the paper's rate (prediction changed); robust accuracy: correct clean and after the "
+             "attack. Brackets: 95% Wilson intervals.", "",
+             "| ratio | method | storage ratio (all) | clean acc. | attack | success | robust acc. |",
+             "|---:|---|---:|---:|---|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row['ratio_target']:g} | {row['method']} | {row['ratio']:.1f} ({row['ratio_all']:.1f}) | "
+                     f"{100 * row['clean_acc']:.1f} | {row['attack']} | {rate(row, 'success')} | "
+                     f"{rate(row, 'robust_acc')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_shootout(rows: list[dict], out_dir: str | os.PathLike, command: str) -> list[Path]:
+    """shootout-<arch>-<training>.csv and .md under out_dir; the .md starts with the command that made it."""
+    out_dir = Path(out_dir)
+    rows = rounded(rows)
+    stem = f"shootout-{rows[0]['arch']}-{rows[0]['training']}"
+    csv_path = write_csv(rows, out_dir / f"{stem}.csv")
+    md_path = out_dir / f"{stem}.md"
+    text = shootout_markdown(rows)
+    md_path.write_text(text.replace("\n\n", f"\n\nMade by `{command}`.\n\n", 1))
+    return [csv_path, md_path]

@@ -137,3 +137,65 @@ def test_bad_inputs_say_what_is_allowed(dense):
         prune(nn.Sequential(nn.Conv2d(1, 2, 3)), 8)
     with pytest.raises(ValueError, match="Unknown arch 'cifar_cnn'"):
         equivalent_size("cifar_cnn", 8)
+
+
+@pytest.fixture(scope="module")
+def small_run():
+    from hashrobust.shootout import run_shootout
+    return run_shootout("mlp3", (8,), n=60, eps=0.1, epochs=1, preset="course", train_subset=1000)
+
+
+def test_the_shootout_has_every_method_and_attack_with_intervals(small_run):
+    methods = {}
+    for row in small_run:
+        methods.setdefault(row["method"], []).append(row["attack"])
+    assert list(methods) == ["dense", "hashed", "pruned", "quantized", "small dense"]
+    attacks = ["FGSM", "PGD-40", "transfer: PGD-40 from the dense model", "ensemble (course)"]
+    assert methods["dense"] == methods["hashed"] == methods["pruned"] == methods["small dense"] == attacks
+    assert methods["quantized"] == ["FGSM through the rounding (masked)"] + attacks
+    for row in small_run:
+        assert row["n"] == 60 and (row["dataset"], row["arch"], row["training"]) == ("mnist", "mlp3", "standard")
+        assert row["robust_acc_low"] <= row["robust_acc"] <= row["robust_acc_high"]
+        assert row["robust_acc"] <= row["clean_acc"]
+        assert (row["success"] is None) == row["attack"].startswith("ensemble")
+
+
+def test_the_shootout_compares_at_equal_storage_and_bpda_unmasks_quantisation(small_run):
+    pick = {(r["method"], r["attack"]): r for r in small_run}
+    for method in ("hashed", "pruned", "quantized"):
+        assert pick[method, "FGSM"]["ratio"] == pytest.approx(8, rel=1e-3)
+    assert pick["small dense", "FGSM"]["ratio"] == pytest.approx(8, rel=0.03)
+    assert pick["dense", "FGSM"]["ratio"] == 1 and pick["pruned", "FGSM"]["ratio_all"] < 8
+    assert pick["quantized", "FGSM through the rounding (masked)"]["success"] == 0
+    assert pick["quantized", "FGSM"]["success"] > 0.3
+    # the dense model's "transfer" is its own white-box PGD: the same adversarial images, the same numbers
+    own, moved = pick["dense", "PGD-40"], pick["dense", "transfer: PGD-40 from the dense model"]
+    assert (own["success"], own["robust_acc"]) == (moved["success"], moved["robust_acc"])
+
+
+def test_write_shootout_writes_what_it_was_given(small_run, tmp_path):
+    from hashrobust.reports import read_csv, rounded
+    from hashrobust.shootout import write_shootout
+    csv_path, md_path = write_shootout(small_run, tmp_path, "hashrobust shootout --n 60")
+    assert read_csv(csv_path) == rounded(small_run)
+    text = md_path.read_text()
+    assert "Made by `hashrobust shootout --n 60`." in text
+    assert text.count("\n| 8 | ") == len([r for r in small_run if r["ratio_target"] == 8])
+
+
+def test_cli_shootout_passes_its_options_and_writes_the_report(monkeypatch, small_run, tmp_path, capsys):
+    import hashrobust.shootout
+    from hashrobust.cli import main
+    seen = {}
+
+    def fake_run(arch, ratios, **kwargs):
+        seen.update(arch=arch, ratios=ratios, **kwargs)
+        return small_run
+
+    monkeypatch.setattr(hashrobust.shootout, "run_shootout", fake_run)
+    assert main(["shootout", "--arch", "lenet", "--ratios", "8", "64", "--eps", "0.2", "--n", "60",
+                 "--out", str(tmp_path)]) == 0
+    assert (seen["arch"], seen["ratios"], seen["eps"], seen["n"], seen["training"]) == ("lenet", (8.0, 64.0), 0.2,
+                                                                                     60, "standard")
+    assert (tmp_path / "shootout-mlp3-standard.md").is_file()
+    assert "rows in" in capsys.readouterr().out
