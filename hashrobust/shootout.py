@@ -53,8 +53,8 @@ from .train import RECIPES, train
 from .zoo import checkpoint_name, load_pretrained, read_manifest
 
 __all__ = ["QuantizedLinear", "prune", "quantize", "bpda", "equivalent_size", "storage", "build_contenders",
-           "evaluate_contenders", "run_shootout", "shootout_markdown", "write_shootout", "METHODS",
-           "QUANTIZATION_AT"]
+           "evaluate_contenders", "run_shootout", "shootout_markdown", "write_shootout", "quantization_for",
+           "METHODS", "QUANTIZATION_AT"]
 
 METHODS = ("hashed", "pruned", "quantized", "small dense")
 # Which (bits, kept fraction) reaches each storage ratio on the weight values: 32 / (bits * kept).
@@ -93,6 +93,22 @@ def prune(model: nn.Module, ratio: float) -> nn.Module:
     torch_prune.global_unstructured([(m, "weight") for m in layers], pruning_method=torch_prune.L1Unstructured,
                                     amount=total - math.ceil(total / ratio))
     return model
+
+
+def quantization_for(ratio: float) -> tuple[int, float]:
+    """(bits, kept fraction) whose stored values take 1 / ratio of the dense bits: QUANTIZATION_AT's choice, else
+    round(32 / ratio) bits (1 to 8) unpruned, and below 1 bit per weight 1 bit keeping 32 / ratio of the weights.
+
+    Example:
+        >>> quantization_for(8), quantization_for(64), quantization_for(4), quantization_for(128)
+        ((4, 1.0), (2, 0.25), (8, 1.0), (1, 0.25))
+    """
+    check_number(ratio, "ratio", "quantization_for", low=4)
+    if ratio in QUANTIZATION_AT:
+        return QUANTIZATION_AT[ratio]
+    if ratio <= 32:
+        return max(1, min(8, round(32 / ratio))), 1.0
+    return 1, 32 / ratio
 
 
 def _level_weights(w: Tensor, bits: int) -> Tensor:
@@ -294,7 +310,7 @@ def build_contenders(dense: nn.Module, arch: str, ratio: float, train_set: Image
     check_choice(arch, "arch", ("mlp3", "lenet"))
     base = RECIPES[arch]
     tune = replace(base, epochs=epochs, lr=base.lr / 5, seed=seed, adversarial=adversarial, augment=False)
-    bits, keep = QUANTIZATION_AT.get(ratio, (max(1, min(8, round(32 / ratio))), 1.0))
+    bits, keep = quantization_for(ratio)
     contenders = {"hashed": compress(dense, ratio), "pruned": prune(dense, ratio),
                   "quantized": quantize(dense, bits, keep, calibration=calibration)}
     torch.manual_seed(seed)
