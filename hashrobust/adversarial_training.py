@@ -19,7 +19,8 @@ the hash to the input, and the training step through it to the real weights (lay
 
 Crafting uses the package's PGD (attacks/pgd.py), so it runs in eval mode with the parameters frozen: for
 a BatchNorm network the perturbation sees the running statistics, where Wong et al. craft in train mode.
-Each training step draws its own random starts (the attack's seed is the step number).
+Each training step draws its own random starts (the attack's seed is the step number). The protocol:
+docs/protocol.md §10.
 """
 from __future__ import annotations
 

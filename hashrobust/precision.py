@@ -20,7 +20,7 @@ would run it, or float32 under CPU autocast) and measures, per format, the exact
 FGSM's success, plus FGSM crafted in float64 and scored on the float32 model: the same weights, in a
 wider format, give the attack its gradient back (Athalye, Carlini, Wagner, ICML 2018, on gradient
 masking; Carlini et al. 2019, "On Evaluating Adversarial Robustness", Sec. 4: "verify that the attack
-has converged", "try different loss functions"). Issue 11, Section 3, of this project.
+has converged", "try different loss functions"). The protocol: docs/protocol.md §10.
 
 Shapes: N batch, C/H/W image, K classes, G margins.
 """

@@ -12,7 +12,7 @@ dense model, each contender for its fully connected layers:
                   r = 32 / (k f)) with 8-bit activations, trained quantisation-aware with the
                   straight-through estimator (Bengio, Leonard, Courville 2013; Jacob et al., CVPR 2018).
                   1 bit: sign(w) * mean|w| (XNOR-Net, Rastegari et al. 2016); 2 bits: ternary with
-                  threshold 0.7 mean|w| (TWN, Li & Liu 2016); 3+ bits: uniform symmetric levels.
+                  threshold 0.7 mean|w| (TWN, Li, Zhang, Liu 2016); 3+ bits: uniform symmetric levels.
     small dense   the "equivalent-size" network of HashedNets' Table 1: the same architecture with its
                   hidden fully connected widths divided by r, so it has about N / r weights.
 
@@ -26,7 +26,7 @@ Networks", CW 2019). `bpda` returns the same model with the rounding's backward 
 (BPDA with the straight-through approximation, Athalye, Carlini, Wagner, ICML 2018, Sec. 4.1): its
 forward pass is unchanged, so the same predictions are attacked with a useful gradient.
 
-Issue 11, Section 2, of this project. Shapes: N batch, I/O in/out features.
+The protocol: docs/protocol.md §10. Shapes: N batch, I/O in/out features.
 """
 from __future__ import annotations
 
