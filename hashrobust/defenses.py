@@ -98,7 +98,7 @@ class ResampledInhibition(nn.Module):
         u = torch.rand(w.shape, generator=self.generator, dtype=w.dtype).to(w.device)  # CPU draw: same on any device
         weight = w + self.eps * u * w.sign()
         if isinstance(layer, (HashedLinear, HashedConv2d)):  # V = sign * w[bucket], HashedNets eq. 4
-            weight = weight.index_select(0, layer.bucket32).view_as(layer.sign) * layer.sign
+            weight = layer.gather(weight)
         if isinstance(layer, (nn.Linear, HashedLinear)):
             return F.linear(x, weight, layer.bias)
         if isinstance(layer, nn.Conv2d):

@@ -37,36 +37,41 @@ HASHABLE_LAYERS = {"fc": (nn.Linear,), "all": (nn.Linear, nn.Conv2d)}
 class _HashedGather(torch.autograd.Function):
     """V = sign * w[bucket] (HashedNets eq. 4); backward: the signed bucket sum (HashedNets eq. 6).
 
+    The sign is folded into the index: V is gathered from [w; -w] at `signed` = bucket + K * (sign < 0),
+    and the backward scatters dL/dV into 2K sums whose halves give eq. 6 as (first - second). So neither
+    pass multiplies by the sign over all virtual weights.
+
     A new-style Function (PyTorch docs, "Extending torch.func with autograd.Function": `forward`
     without ctx plus `setup_context`), so torch.func.grad, jacrev and vmap accept it. Forward and
     backward are plain torch ops that vmap can batch, hence `generate_vmap_rule = True`. The backward
-    is an out-of-place scatter_add of grad * sign, itself differentiable (its derivative with respect
-    to the incoming gradient is this gather again), so double backward works: gradient penalties,
+    is an out-of-place scatter_add, itself differentiable (its derivative with respect to the incoming
+    gradient is this gather again), so double backward works: gradient penalties,
     torch.autograd.gradgradcheck. scatter_add is faster on CPU than autograd's own backward of
     `w[bucket]` (an index_put with accumulate).
 
-    Inputs: weight (K,), bucket32 (numel,) int32 for the gather, bucket (virtual shape) int64 for
-    the scatter, sign (virtual shape) of +-1; output (virtual shape).
+    Inputs: weight (K,), signed32 (numel,) int32 for the gather, signed (numel,) int64 for the scatter,
+    the virtual shape; output (virtual shape).
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(weight: Tensor, bucket32: Tensor, bucket: Tensor, sign: Tensor) -> Tensor:
-        return weight.index_select(0, bucket32).view_as(sign).mul_(sign)  # fresh, so in place
+    def forward(weight: Tensor, signed32: Tensor, signed: Tensor, shape: tuple[int, ...]) -> Tensor:
+        return torch.cat([weight, -weight]).index_select(0, signed32).view(shape)
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor, Tensor], output: Tensor) -> None:
-        weight, _, bucket, sign = inputs
-        ctx.save_for_backward(bucket, sign)
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor, tuple[int, ...]], output: Tensor) -> None:
+        weight, _, signed, _ = inputs
+        ctx.save_for_backward(signed)
         ctx.num_real = weight.shape[0]
 
     @staticmethod
     def backward(ctx: Any, grad_virtual: Tensor) -> tuple[Tensor | None, None, None, None]:
-        bucket, sign = ctx.saved_tensors
-        signed = (grad_virtual * sign).reshape(-1)
-        zeros = torch.zeros(ctx.num_real, dtype=signed.dtype, device=signed.device)
-        return torch.scatter_add(zeros, 0, bucket.reshape(-1), signed), None, None, None
+        (signed,) = ctx.saved_tensors
+        k = ctx.num_real
+        zeros = torch.zeros(2 * k, dtype=grad_virtual.dtype, device=grad_virtual.device)
+        both = torch.scatter_add(zeros, 0, signed, grad_virtual.reshape(-1))  # sums of +V's and of -V's gradients
+        return both[:k] - both[k:], None, None, None
 
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -88,20 +93,19 @@ def _bits(t: Tensor) -> Tensor:
 class _VCache:
     """A virtual weight V and what it was built from: the bits of a copy of w, and the hash buffers themselves."""
 
-    __slots__ = ("weight", "bits", "sign", "bucket32", "buffer_versions", "virtual")
+    __slots__ = ("weight", "bits", "index", "index_version", "virtual")
 
-    def __init__(self, weight: Tensor, sign: Tensor, bucket32: Tensor, virtual: Tensor) -> None:
+    def __init__(self, weight: Tensor, index: Tensor, virtual: Tensor) -> None:
         self.weight = weight.detach().clone()
         self.bits = _bits(self.weight)
-        self.sign, self.bucket32 = sign, bucket32  # held, so a new buffer cannot come back at a freed one's address
-        self.buffer_versions = (sign._version, bucket32._version)
+        self.index = index  # held, so a new buffer cannot come back at a freed one's address
+        self.index_version = index._version
         self.virtual = virtual
 
-    def valid_for(self, w: Tensor, sign: Tensor, bucket32: Tensor) -> bool:
-        """Whether V is still sign * w[bucket]: the same buffers, unmodified, and w bit for bit as it was."""
+    def valid_for(self, w: Tensor, index: Tensor) -> bool:
+        """Whether V is still sign * w[bucket]: the same index buffer, unmodified, and w bit for bit as it was."""
         saved = self.weight
-        return (sign is self.sign and bucket32 is self.bucket32
-                and self.buffer_versions == (sign._version, bucket32._version)
+        return (index is self.index and self.index_version == index._version
                 and w.dtype == saved.dtype and w.device == saved.device and w.shape == saved.shape
                 and self._same_bits(w))
 
@@ -125,9 +129,11 @@ class _HashedLayer(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(num_buckets(math.prod(virtual_shape), self.ratio), **factory))
         self.bias = nn.Parameter(torch.empty(virtual_shape[0], **factory)) if bias else None
-        self.register_buffer("bucket", torch.empty(0, dtype=torch.int64), persistent=False)
-        self.register_buffer("bucket32", torch.empty(0, dtype=torch.int32), persistent=False)
+        # The hash (HashedNets eq. 4): xi as `sign` (virtual shape, +-1), and h with the sign folded in as the
+        # index of V's entries in [w; -w], `signed_bucket` = h + K * (xi < 0), flat, in int64 and int32.
         self.register_buffer("sign", torch.empty(0, **factory), persistent=False)
+        self.register_buffer("signed_bucket", torch.empty(0, dtype=torch.int64), persistent=False)
+        self.register_buffer("signed_bucket32", torch.empty(0, dtype=torch.int32), persistent=False)
         self._rebuild_hash()
         self._cache: _VCache | None = None
         self.reset_parameters()
@@ -135,10 +141,20 @@ class _HashedLayer(nn.Module):
     def _rebuild_hash(self) -> None:
         bucket, sign = hash_positions(self.virtual_shape, self.ratio, self.seed)
         device, dtype = self.weight.device, self.weight.dtype
-        self.bucket = bucket.to(device)
-        self.bucket32 = bucket.reshape(-1).to(device=device, dtype=torch.int32)
+        signed = bucket.reshape(-1) + self.weight.shape[0] * (sign.reshape(-1) < 0)
         self.sign = sign.to(device=device, dtype=dtype)
+        self.signed_bucket = signed.to(device)
+        self.signed_bucket32 = signed.to(device=device, dtype=torch.int32)
         self._cache = None
+
+    @property
+    def bucket(self) -> Tensor:
+        """h: the real weight each virtual weight reads, int64 of the virtual shape (HashedNets eq. 4)."""
+        return (self.signed_bucket % self.weight.shape[0]).view(self.virtual_shape)
+
+    def gather(self, weight: Tensor) -> Tensor:
+        """V for real weights `weight` (K,): sign * weight[bucket] (HashedNets eq. 4), read from [weight; -weight]."""
+        return torch.cat([weight, -weight]).index_select(0, self.signed_bucket32).view(self.virtual_shape)
 
     def reset_parameters(self) -> None:
         """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for w and bias: V then has nn.Linear's init distribution."""
@@ -172,15 +188,15 @@ class _HashedLayer(nn.Module):
         afterwards (an attack after an inference-mode evaluation). Neither a pickle
         (torch.save(module)) nor a deep copy carries the cache.
         """
-        w, sign, bucket32 = self.weight, self.sign, self.bucket32
+        w, index = self.weight, self.signed_bucket32
         if not self._may_cache(w):
-            return _HashedGather.apply(w, bucket32, self.bucket, sign)
+            return _HashedGather.apply(w, index, self.signed_bucket, self.virtual_shape)
         cache = self._cache
-        if cache is not None and cache.valid_for(w, sign, bucket32):
+        if cache is not None and cache.valid_for(w, index):
             return cache.virtual
         with torch.inference_mode(False), torch.no_grad():
-            virtual = w.index_select(0, bucket32).view_as(sign).mul_(sign)
-            self._cache = _VCache(w, sign, bucket32, virtual)
+            virtual = self.gather(w)
+            self._cache = _VCache(w, index, virtual)
         return virtual
 
     @staticmethod
@@ -194,7 +210,7 @@ class _HashedLayer(nn.Module):
 
     # Pickling (torch.save(module)) stores neither V nor the hash buffers, which are O(virtual) and rebuilt from
     # the seed on load; a deep copy copies the buffers (cheaper than rebuilding) but not V.
-    _HASH_BUFFERS = ("bucket", "bucket32", "sign")
+    _HASH_BUFFERS = ("sign", "signed_bucket", "signed_bucket32")
 
     def __getstate__(self) -> dict[str, Any]:
         """nn.Module's state without V or the hash buffers: torch.save(module) holds the real weights only."""
@@ -301,8 +317,8 @@ class _HashedLayer(nn.Module):
         """What a load may change: each parameter (object, version, values), the seed, ratio, hash and V cache."""
         params = {name: (p, p._version, p.data_ptr(), p.detach().clone())
                   for name, p in self._parameters.items() if p is not None}
-        return {"params": params, "seed": self.seed, "ratio": self.ratio, "bucket": self.bucket,
-                "bucket32": self.bucket32, "sign": self.sign, "cache": self._cache}
+        return {"params": params, "seed": self.seed, "ratio": self.ratio, "cache": self._cache,
+                **{name: getattr(self, name) for name in self._HASH_BUFFERS}}
 
     def _restore(self, saved: dict[str, Any]) -> None:
         for name, (param, version, pointer, values) in saved["params"].items():
@@ -311,7 +327,8 @@ class _HashedLayer(nn.Module):
                 with torch.no_grad():
                     param.copy_(values)
         self.seed, self.ratio = saved["seed"], saved["ratio"]
-        self.bucket, self.bucket32, self.sign = saved["bucket"], saved["bucket32"], saved["sign"]
+        for name in self._HASH_BUFFERS:
+            setattr(self, name, saved[name])
         self._cache = saved["cache"]  # checked against w and the buffers before any reuse, like every cache
 
     def extra_repr(self) -> str:
@@ -333,7 +350,7 @@ class HashedLinear(_HashedLayer):
     Shape: (N, I) -> (N, O).
 
     Mixed precision: under torch.autocast, V is built in the weight's dtype (float32 for a float32 layer;
-    the gather and the sign product are not autocast ops) and cached in it when the weights are frozen;
+    the gather is not an autocast op) and cached in it when the weights are frozen;
     F.linear casts V to the autocast dtype (e.g. bfloat16) at each call, as it casts a dense layer's
     weight. The gradient comes back through that cast in float32, so the bucket sums of eq. 6 are
     float32 sums and `weight.grad` has the weight's dtype.
@@ -375,7 +392,7 @@ class HashedConv2d(_HashedLayer):
     Shape: (N, C, H, W) -> (N, O, H', W'), as nn.Conv2d with padding_mode="zeros".
 
     Mixed precision: under torch.autocast, V is built in the weight's dtype (float32 for a float32 layer;
-    the gather and the sign product are not autocast ops) and cached in it when the weights are frozen;
+    the gather is not an autocast op) and cached in it when the weights are frozen;
     F.conv2d casts V to the autocast dtype (e.g. bfloat16) at each call, as it casts a dense layer's
     weight. The gradient comes back through that cast in float32, so the bucket sums of eq. 6 are
     float32 sums and `weight.grad` has the weight's dtype.

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hashrobust.hashing import hash_positions
 from hashrobust.layers import HashedConv2d, HashedLinear, compress, count_parameters, decompress
 
 
@@ -25,6 +26,18 @@ def test_virtual_weight_is_sign_times_gathered_real_weight():
     layer = HashedLinear(7, 5, ratio=4, seed=2)
     assert layer.weight.shape == (9,)  # ceil(35 / 4)
     assert torch.equal(layer.virtual_weight().detach(), _expanded(layer))  # exact: a gather times +-1
+
+
+def test_the_sign_is_folded_into_the_index_and_the_hash_takes_16_bytes_per_virtual_weight():
+    """V is read from [w; -w] at h + K (xi < 0); the buffers hold xi (float32) and that index in int64 and int32."""
+    layer = HashedLinear(100, 50, ratio=8, seed=3)
+    bucket, sign = hash_positions((50, 100), 8, 3)
+    k = layer.weight.numel()
+    assert torch.equal(layer.bucket, bucket) and torch.equal(layer.sign, sign)
+    assert torch.equal(layer.signed_bucket, (bucket + k * (sign < 0)).flatten())
+    assert torch.equal(layer.signed_bucket32.long(), layer.signed_bucket)
+    assert torch.equal(layer.gather(layer.weight.detach()), _expanded(layer))
+    assert sum(b.numel() * b.element_size() for b in layer.buffers()) == 16 * layer.num_virtual
 
 
 def test_linear_matches_dense_oracle():
@@ -454,7 +467,8 @@ def test_gather_function_passes_gradgradcheck_in_float64():
 
     layer = HashedConv2d(2, 3, 3, ratio=5, seed=3).double()
     w = layer.weight.detach().clone().requires_grad_()
-    gather = lambda w: _HashedGather.apply(w, layer.bucket32, layer.bucket, layer.sign)  # noqa: E731
+    index32, index, shape = layer.signed_bucket32, layer.signed_bucket, layer.virtual_shape
+    gather = lambda w: _HashedGather.apply(w, index32, index, shape)  # noqa: E731
     assert torch.autograd.gradcheck(gather, (w,))
     assert torch.autograd.gradgradcheck(gather, (w,))
 
