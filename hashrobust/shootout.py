@@ -178,7 +178,7 @@ def quantize(model: nn.Module, bits: int, keep: float = 1.0, calibration: Tensor
         bits: weight bits, 1 to 8 (QUANTIZATION_AT: 4 bits for ratio 8; 2 bits keeping 1/4 for 64).
         keep: fraction of the fully connected weights kept by global magnitude pruning first, in (0, 1].
         calibration: images (N, C, H, W) whose activations set each layer's 8-bit input range (the
-            largest |input| seen); None keeps range 1 (set it before use).
+            largest absolute input seen); None keeps range 1 (set it before use).
 
     The copy is in training mode's straight-through setting for fine-tuning; call `bpda(model, False)`
     for the quantised model's own (zero) activation derivative, what a naive attacker differentiates.
@@ -202,7 +202,7 @@ def quantize(model: nn.Module, bits: int, keep: float = 1.0, calibration: Tensor
 
 @torch.no_grad()
 def _calibrate(model: nn.Module, images: Tensor, batch_size: int = 500) -> None:
-    """Each QuantizedLinear's input range: the largest |input| it sees on `images`, in eval mode."""
+    """Each QuantizedLinear's input range: the largest absolute input it sees on `images`, in eval mode."""
     layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
     for layer in layers:
         layer.activation_range.zero_()
