@@ -157,16 +157,42 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _adaptive(args: argparse.Namespace) -> int:
-    from .adaptive import evaluate_adaptive, write_adaptive
+    from .adaptive import MODELS, evaluate_adaptive, write_adaptive
+    from .reports import write_csv
 
     start = time.perf_counter()
     device = _device(args)
-    rows = evaluate_adaptive(args.dataset, n=args.n, n_cw=args.n_cw, jsma_images=args.jsma_images, device=device)
+    settings = {"n": args.n, "n_cw": args.n_cw, "jsma_images": args.jsma_images}
+    rows = []
+    for arch, ratio in MODELS[args.dataset]:
+        part = Path(args.parts) / f"{arch}-r{ratio:g}.csv" if args.parts else None
+        if part is not None and part.is_file():
+            rows += _adaptive_part(part, settings)
+            print(f"read {part} (made earlier with the same settings)")
+            continue
+        found = evaluate_adaptive(args.dataset, models=[(arch, ratio)], device=device, **settings)
+        if part is not None:
+            print(f"wrote {write_csv(found, part)}")
+        rows += found
     out_dir = Path(args.out or f"results/{args.dataset}")
     for path in write_adaptive(rows, out_dir, "hashrobust " + " ".join(map(shlex.quote, args.argv))):
         print(f"wrote {path}")
     print(f"{len(rows)} cells in {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def _adaptive_part(path: Path, settings: dict) -> list[dict]:
+    """The rows of one model saved by an earlier `--parts` run, if it used these n, n_cw and jsma_images."""
+    from .reports import read_csv
+
+    rows = read_csv(path)
+    made = {"n": next(r["n"] for r in rows if r["bounded"]),
+            "n_cw": next(r["n"] for r in rows if r["attack"].startswith("C&W")),
+            "jsma_images": next(r["n"] for r in rows if r["attack"].startswith("JSMA")) // 9}
+    if made != settings:
+        raise SystemExit(f"error: {path} was made with {made}, this run asks for {settings}: delete the folder's "
+                         f"parts, or run with the settings they were made with")
+    return rows
 
 
 def _shootout(args: argparse.Namespace) -> int:
@@ -232,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="JSMA on the first k test images x 9 targets (default 10, the protocol's; "
                             "seconds per model with the exact skyband pair search)")
         if name == "adaptive":
+            p.add_argument("--parts", metavar="DIR", default=None,
+                           help="save each model's rows to DIR/<arch>-r<ratio>.csv as soon as it is done, and reuse "
+                                "the ones already there: a long run (CIFAR-10, about 45 minutes a model on 2 CPU "
+                                "cores) can stop and resume, or be split across sessions and machines")
             p.add_argument("--n-cw", type=int, default=100,
                            help="C&W L2 (9 binary-search steps, up to 1000 Adam steps each) on the first k test "
                                 "images (default 100; about 1 s per image for lenet, 2 s for cifar_cnn)")

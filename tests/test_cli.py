@@ -224,3 +224,35 @@ def test_device_is_in_the_help(command, capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--device DEVICE torch device for the models and images, e.g. cpu, cuda, cuda:1, mps (default: cpu)" \
         in help_text
+
+
+def test_adaptive_parts_save_each_model_and_a_rerun_reuses_them(monkeypatch, tmp_path, capsys):
+    """--parts: each model's rows go to DIR/<arch>-r<ratio>.csv when it is done; a rerun reads them instead of
+    attacking again, and refuses parts made with other settings. The study itself is stubbed (one row kind each)."""
+    import hashrobust.adaptive as adaptive
+
+    calls, written = [], []
+
+    def study(dataset, models, device, n, n_cw, jsma_images):
+        calls.append(models)
+        (arch, ratio), = models
+        rows = [{"dataset": dataset, "arch": arch, "ratio": ratio, "attack": attack, "n": size, "bounded": bounded,
+                 "robust_examples": "0x5"} for attack, size, bounded in
+                (("PGD-40, CE", n, True), ("C&W L2", n_cw, False), ("JSMA-F", 9 * jsma_images, False))]
+        return rows
+
+    monkeypatch.setattr(adaptive, "MODELS", {"mnist": [("mlp3", 1), ("mlp3", 8)]})
+    monkeypatch.setattr(adaptive, "evaluate_adaptive", study)
+    monkeypatch.setattr(adaptive, "write_adaptive", lambda rows, out, command: written.append(rows) or [])
+    argv = ["adaptive", "--dataset", "mnist", "--n", "4", "--n-cw", "2", "--jsma-images", "1",
+            "--parts", str(tmp_path / "parts"), "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert calls == [[("mlp3", 1)], [("mlp3", 8)]]
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["mlp3-r1.csv", "mlp3-r8.csv"]
+    (tmp_path / "parts" / "mlp3-r8.csv").unlink()  # as if the first run had stopped during the second model
+    assert main(argv) == 0
+    assert calls[2:] == [[("mlp3", 8)]]  # only the missing model is attacked again
+    assert written[1] == written[0]  # the rows read back are the rows written
+    assert "read " in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="was made with .*'n': 4.*this run asks for .*'n': 5"):
+        main([*argv[:4], "5", *argv[5:]])
