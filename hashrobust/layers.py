@@ -91,7 +91,7 @@ def _bits(t: Tensor) -> Tensor:
 
 
 class _VCache:
-    """A virtual weight V and what it was built from: the bits of a copy of w, and the hash buffers themselves."""
+    """A virtual weight V and what it was built from: the bits of a copy of w, and the index buffer itself."""
 
     __slots__ = ("weight", "bits", "index", "index_version", "virtual")
 
