@@ -9,8 +9,9 @@ with the inner max approximated by PGD (7-10 steps of 2.5 * eps / steps from a r
 Wong, Rice, Kolter, "Fast is better than free: Revisiting adversarial training", ICLR 2020, Sec. 3-5: one
 FGSM step of 1.25 * eps from a uniform random start ("FGSM-RS") is enough, with a cyclic learning rate, if
 training stops when robustness collapses ("catastrophic overfitting": the model learns to defeat the one
-FGSM step while PGD breaks it). Their guard, kept here: after every epoch, PGD-10 on a fixed training
-batch; if its robust accuracy falls more than 0.2 below the best seen, the best epoch's weights come back
+FGSM step while PGD breaks it). Their guard, kept here in a slightly stricter form: after every epoch,
+PGD on a fixed training batch (here 10 steps of eps / 4; they use 5 steps and compare with the previous
+epoch); if its robust accuracy falls more than 0.2 below the best epoch's, that epoch's weights come back
 and training stops.
 
 `train.train` runs the loop (one loop for standard, adversarial, dense and hashed training); this module
@@ -25,7 +26,7 @@ docs/protocol.md §10.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -84,9 +85,6 @@ class AdversarialRecipe:
             return self.alpha
         return 1.25 * self.eps if self.method == "fgsm" else 2.5 * self.eps / self.steps
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
     def perturb(self, model: nn.Module, images: Tensor, labels: Tensor, step: int) -> Tensor:
         """The inner max: images + delta, ||delta||_inf <= eps, in [0, 1]; `step` seeds the random starts."""
         attack = PGD(model, eps=self.eps, alpha=self.step_size, steps=self.inner_steps, random_start=True,
@@ -94,7 +92,7 @@ class AdversarialRecipe:
         return attack(images, labels)
 
     def robust_accuracy(self, model: nn.Module, images: Tensor, labels: Tensor) -> tuple[float, float]:
-        """(clean, robust) accuracy on the check batch; robust under PGD-10, alpha = eps / 4 (Wong et al.'s check)."""
+        """(clean, robust) accuracy on the check batch; robust under PGD-10 with alpha = eps / 4 from a random start."""
         attack = PGD(model, eps=self.eps, alpha=self.eps / 4, steps=10, random_start=True, seed=0)
         adv_images = attack(images, labels)
         with torch.no_grad(), evaluating(model):
