@@ -217,7 +217,9 @@ def _load_stand_in(zip_path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
             return stored["images"], stored["labels"]
     images, labels = _decode_stand_in(zip_path, split)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
+    # a name of this process's own, so that processes decoding at the same time (several experiments
+    # started together) never rename each other's file; the rename itself is atomic
+    tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
     np.savez(tmp, images=images, labels=labels)
     tmp.replace(cache)
     return images, labels

@@ -10,6 +10,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -259,6 +260,29 @@ def test_stand_in_cache_goes_to_hashrobust_cache_and_nowhere_in_the_repository(m
     size = (fake_stand_in / STAND_IN_ZIP).stat().st_size
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"cifar10-jpeg-test-{size}.npz"]
     assert set(_cache_files_in_repository()) == before
+
+
+def test_two_processes_decoding_at_once_do_not_rename_each_others_temporary_file(monkeypatch, tmp_path, fake_stand_in):
+    # The interleaving that broke three experiments started together: process A writes its temporary
+    # file; before A renames it, process B decodes, writes and renames; then A renames. With one shared
+    # temporary name B had taken A's file away and A's rename raised FileNotFoundError.
+    monkeypatch.setenv("HASHROBUST_CACHE", str(tmp_path / "cache"))
+    pids = iter([1001, 1002])
+    monkeypatch.setattr(hashrobust.data.os, "getpid", lambda: next(pids))
+    real_savez = np.savez
+    nested = []
+
+    def savez_then_let_another_process_finish(path, **arrays):
+        real_savez(path, **arrays)
+        if not nested:
+            nested.append(path)
+            hashrobust.data._load_stand_in(fake_stand_in / STAND_IN_ZIP, "test")  # process B, start to end
+
+    monkeypatch.setattr(hashrobust.data.np, "savez", savez_then_let_another_process_finish)
+    images, labels = hashrobust.data._load_stand_in(fake_stand_in / STAND_IN_ZIP, "test")  # process A
+    assert labels.tolist() == list(range(10)) * 2 and images.shape == (20, 32, 32, 3)
+    size = (fake_stand_in / STAND_IN_ZIP).stat().st_size
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"cifar10-jpeg-test-{size}.npz"]
 
 
 def test_default_cache_is_the_users_cache_folder_not_the_repository(monkeypatch, tmp_path):
