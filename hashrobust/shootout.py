@@ -111,13 +111,20 @@ def quantization_for(ratio: float) -> tuple[int, float]:
     return 1, 32 / ratio
 
 
-def _level_weights(w: Tensor, bits: int) -> Tensor:
-    """w rounded to its k-bit codebook: 1 bit XNOR-Net, 2 bits TWN ternary, 3+ bits uniform symmetric."""
+def _level_weights(w: Tensor, bits: int, mask: Tensor | None = None) -> Tensor:
+    """w rounded to its k-bit codebook: 1 bit XNOR-Net, 2 bits TWN ternary, 3+ bits uniform symmetric.
+
+    The 1- and 2-bit statistics (XNOR-Net's scale, TWN's threshold and alpha: means of |w|) are taken over
+    the weights `mask` keeps: a pruned weight is not stored, so it must not pull the mean towards 0.
+    """
     magnitude = w.abs()
+    stored = magnitude if mask is None else magnitude[mask.bool()]
+    if stored.numel() == 0:
+        return torch.zeros_like(w)
     if bits == 1:
-        return w.sign() * magnitude.mean()
+        return w.sign() * stored.mean()
     if bits == 2:
-        threshold = 0.7 * magnitude.mean()
+        threshold = 0.7 * stored.mean()
         kept = magnitude > threshold
         alpha = magnitude[kept].mean() if kept.any() else magnitude.new_zeros(())
         return torch.where(kept, w.sign() * alpha, torch.zeros_like(w))
@@ -153,7 +160,7 @@ class QuantizedLinear(nn.Module):
     def quantized_weight(self) -> Tensor:
         """The k-bit weight the layer computes with (what hardware stores, with the per-layer scale)."""
         w = self.weight * self.mask
-        return _level_weights(w.detach(), self.bits) * self.mask
+        return _level_weights(w.detach(), self.bits, self.mask) * self.mask
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight * self.mask
@@ -162,7 +169,7 @@ class QuantizedLinear(nn.Module):
         scale = self.activation_range / levels
         x_q = (x / scale).round().clamp(-levels, levels) * scale
         if self.straight_through:
-            x_q = x + (x_q - x).detach()
+            x_q = x_q.detach() + (x - x.detach())  # exactly x_q forward, the identity backward
         return F.linear(x_q, w, self.bias)
 
     def extra_repr(self) -> str:
@@ -178,7 +185,7 @@ def quantize(model: nn.Module, bits: int, keep: float = 1.0, calibration: Tensor
         bits: weight bits, 1 to 8 (QUANTIZATION_AT: 4 bits for ratio 8; 2 bits keeping 1/4 for 64).
         keep: fraction of the fully connected weights kept by global magnitude pruning first, in (0, 1].
         calibration: images (N, C, H, W) whose activations set each layer's 8-bit input range (the
-            largest absolute input seen); None keeps range 1 (set it before use).
+            largest absolute input seen, on `model`'s device); None keeps range 1 (set it before use).
 
     The copy is in training mode's straight-through setting for fine-tuning; call `bpda(model, False)`
     for the quantised model's own (zero) activation derivative, what a naive attacker differentiates.
@@ -211,10 +218,11 @@ def _calibrate(model: nn.Module, images: Tensor, batch_size: int = 500) -> None:
         layer.activation_range.copy_(torch.maximum(layer.activation_range, args[0].abs().max()))
 
     hooks = [layer.register_forward_pre_hook(widen) for layer in layers]
+    device = next(model.parameters()).device
     try:
         with evaluating(model):
             for i in range(0, len(images), batch_size):
-                model(images[i:i + batch_size])
+                model(images[i:i + batch_size].to(device))
     finally:
         for hook in hooks:
             hook.remove()
@@ -305,12 +313,16 @@ def build_contenders(dense: nn.Module, arch: str, ratio: float, train_set: Image
     fifth of the arch's learning rate (as `hashrobust train --from-dense`); "small dense" is trained
     from scratch with the arch's own recipe (HashedNets trains its equivalent-size network that way).
     With `adversarial`, every one of them is (fine-)tuned adversarially; start from an adversarially
-    trained dense model then. The quantised model comes back in its honest setting (`bpda(m, False)`).
+    trained dense model then. The quantised model's 8-bit input ranges are calibrated on `calibration`
+    (None: the first 1000 training images) before fine-tuning and again after it, and it comes back in
+    its honest setting (`bpda(m, False)`). The models come back in eval mode on `device`.
     """
     check_choice(arch, "arch", ("mlp3", "lenet"))
     base = RECIPES[arch]
     tune = replace(base, epochs=epochs, lr=base.lr / 5, seed=seed, adversarial=adversarial, augment=False)
     bits, keep = quantization_for(ratio)
+    if calibration is None:
+        calibration = train_set.images[:1000]
     contenders = {"hashed": compress(dense, ratio), "pruned": prune(dense, ratio),
                   "quantized": quantize(dense, bits, keep, calibration=calibration)}
     torch.manual_seed(seed)
@@ -318,22 +330,26 @@ def build_contenders(dense: nn.Module, arch: str, ratio: float, train_set: Image
     for name, model in contenders.items():
         recipe = replace(base, seed=seed, adversarial=adversarial) if name == "small dense" else tune
         train(model, train_set, recipe, device=device, progress=False)
+    _calibrate(contenders["quantized"], calibration)  # fine-tuning moved the activations
     contenders["quantized"] = bpda(contenders["quantized"], straight_through=False)
-    return {name: model.cpu().eval() for name, model in contenders.items()}
+    return {name: model.to(device).eval() for name, model in contenders.items()}
 
 
 def evaluate_contenders(contenders: dict[str, nn.Module], dense: nn.Module, images: Tensor, labels: Tensor,
-                        eps: float, dense_weights: int, preset: str = "standard") -> list[dict]:
+                        eps: float, dense_weights: int, preset: str = "standard",
+                        device: torch.device | str = "cpu") -> list[dict]:
     """Clean accuracy, white-box and transfer attacks and ensemble robust accuracy of each contender.
 
     White-box attacks differentiate the model itself, except for the quantised one, where they go
     through `bpda` (and one more row shows FGSM through the rounding, masked). Transfer crafts PGD-40 on
     `dense` (the uncompressed model an attacker may hold). The ensemble (evaluation.robust_accuracy,
     `preset`) is built on what the white-box attacks differentiate and always scored on the contender.
-    Every rate carries its 95% Wilson interval.
+    Every rate carries its 95% Wilson interval. Models and images are moved to `device` (the models in place).
     """
     rows, pgd = [], {"eps": eps, "alpha": eps / 4, "steps": 40}
+    images, labels, dense = images.to(device), labels.to(device), dense.to(device)
     for name, model in contenders.items():
+        model = model.to(device)
         attacked = bpda(model) if name == "quantized" else model
         found = {"method": name, "eps": eps, **{k: v for k, v in storage(model, dense_weights).items()
                                                  if k in ("ratio", "ratio_all", "index_bits", "codebook_bits")}}
@@ -356,7 +372,8 @@ def run_shootout(arch: str = "mlp3", ratios: tuple[float, ...] = (8, 64), n: int
 
     Args:
         arch: "mlp3" or "lenet" (its fully connected layers are compressed; the convolutions stay dense).
-        ratios: storage ratios, each >= 1 (QUANTIZATION_AT says how quantisation reaches 8 and 64).
+        ratios: storage ratios, each >= 4 (`quantization_for`: QUANTIZATION_AT reaches 8 and 64 exactly,
+            other ratios the nearest bit width, and the report prints the storage each method reached).
         n: test images; eps: the attacks' L-inf radius.
         epochs: fine-tuning epochs of the compressed models (the small dense net takes the arch's recipe).
         training: "standard", or "fgsm-at" / "pgd-at": start from the zoo's adversarially trained dense
@@ -368,7 +385,9 @@ def run_shootout(arch: str = "mlp3", ratios: tuple[float, ...] = (8, 64), n: int
         model's own rows (method "dense", ratio 1).
     """
     check_choice(training, "training", ("standard", "fgsm-at", "pgd-at"))
-    dense = load_pretrained("mnist", arch, 1, training=training)
+    for ratio in ratios:  # before any training or attack: a ratio quantisation cannot reach fails at once
+        quantization_for(ratio)
+    dense = load_pretrained("mnist", arch, 1, training=training, device=device)
     adversarial = None
     if training != "standard":
         recipe = read_manifest()[checkpoint_name("mnist", arch, 1, training)]["recipe"]["adversarial"]
@@ -378,12 +397,12 @@ def run_shootout(arch: str = "mlp3", ratios: tuple[float, ...] = (8, 64), n: int
         train_set = train_set.subset(train_subset)
     dense_weights = sum(m.weight.numel() for m in _fc_layers(dense, "run_shootout"))
     rows = [{"ratio_target": 1, **row} for row in
-            evaluate_contenders({"dense": dense}, dense, test.images, test.labels, eps, dense_weights, preset)]
+            evaluate_contenders({"dense": dense}, dense, test.images, test.labels, eps, dense_weights, preset, device)]
     for ratio in ratios:
         contenders = build_contenders(dense, arch, ratio, train_set, epochs, adversarial,
                                       calibration=train_set.images[:1000], device=device)
         rows += [{"ratio_target": ratio, **row} for row in
-                 evaluate_contenders(contenders, dense, test.images, test.labels, eps, dense_weights, preset)]
+                 evaluate_contenders(contenders, dense, test.images, test.labels, eps, dense_weights, preset, device)]
     return [{"dataset": "mnist", "arch": arch, "training": training, **row} for row in rows]
 
 

@@ -69,6 +69,22 @@ def test_quantized_weights_take_at_most_the_codebooks_levels(dense, bits, most):
             assert steps.abs().max() == pytest.approx(2 ** (bits - 1) - 1)
 
 
+@pytest.mark.parametrize("bits", [1, 2])
+def test_low_bit_statistics_are_over_the_kept_weights_not_the_pruned_zeros(dense, bits):
+    """XNOR-Net's scale mean|w| and TWN's threshold 0.7 mean|w| and alpha, over what is stored."""
+    model = quantize(dense, bits, keep=0.25)
+    for layer in (m for m in model.modules() if isinstance(m, QuantizedLinear)):
+        kept = layer.weight[layer.mask.bool()].abs()
+        q = layer.quantized_weight()
+        assert torch.equal(q[layer.mask == 0], torch.zeros_like(q[layer.mask == 0]))
+        if bits == 1:
+            expected = kept.mean()
+        else:
+            expected = kept[kept > 0.7 * kept.mean()].mean()
+            assert int(torch.count_nonzero(q)) == int((kept > 0.7 * kept.mean()).sum())
+        assert q[q != 0].abs().unique().item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 @pytest.mark.parametrize("ratio", [8, 64])
 def test_the_quantisation_settings_reach_their_storage_ratio_and_keep_accuracy(dense, mnist_train, mnist_test, ratio):
     bits, keep = QUANTIZATION_AT[ratio]
@@ -137,6 +153,9 @@ def test_bad_inputs_say_what_is_allowed(dense):
         prune(nn.Sequential(nn.Conv2d(1, 2, 3)), 8)
     with pytest.raises(ValueError, match="Unknown arch 'cifar_cnn'"):
         equivalent_size("cifar_cnn", 8)
+    from hashrobust.shootout import run_shootout
+    with pytest.raises(ValueError, match="'ratio'"):  # refused before the dense model is even evaluated
+        run_shootout("mlp3", (8, 2), n=10)
 
 
 @pytest.fixture(scope="module")
