@@ -103,7 +103,9 @@ def train(model: nn.Module, train_set: ImageDataset, recipe: TrainRecipe | None 
     and after every epoch PGD-10 attacks a fixed batch of the first `check_size` training images: its
     clean and robust accuracy go into the epoch's row and the progress bar, and a fall of the robust
     accuracy by more than 0.2 below the best epoch's restores that epoch's weights and stops training
-    (Wong et al. 2020's guard against catastrophic overfitting; the row says `stopped`).
+    (Wong et al. 2020's guard against catastrophic overfitting; the row says `stopped`). The row's
+    `loss` and `train_accuracy` are then those of the adversarial batches the model trained on, as
+    the papers' training curves report them; the clean accuracy is `check_clean_accuracy`.
 
     `device`: "cpu", "cuda", "cuda:1", "mps" or a torch.device; None picks `default_device()`. It is
     checked first (`_validation.check_device`), before the seed is set or the model is moved.

@@ -24,6 +24,7 @@ EPS = 0.1  # small enough that 4 epochs on 5000 MNIST images show the effect in 
     ({"method": "fgsm", "eps": 1.5}, "'eps'"),
     ({"method": "pgd", "eps": 0.3, "steps": 0}, "'steps'"),
     ({"method": "pgd", "eps": 0.3, "alpha": -0.1}, "'alpha'"),
+    ({"method": "pgd", "eps": 0.3, "alpha": 0}, "'alpha' of AdversarialRecipe must be > 0"),
     ({"method": "pgd", "eps": 0.3, "check_size": 0}, "'check_size'"),
 ])
 def test_recipe_rejects_what_it_cannot_run_and_says_what_is_allowed(kwargs, message):
@@ -35,7 +36,7 @@ def test_recipe_defaults_are_the_papers_step_sizes():
     assert (AdversarialRecipe("fgsm", 0.3).step_size, AdversarialRecipe("fgsm", 0.3).inner_steps) == (0.375, 1)
     assert AdversarialRecipe("fgsm", 8 / 255).step_size == pytest.approx(1.25 * 8 / 255)  # Wong et al.
     pgd = AdversarialRecipe("pgd", 0.3, steps=7)
-    assert (pgd.step_size, pgd.inner_steps) == (pytest.approx(2.5 * 0.3 / 7), 7)  # Madry et al.
+    assert (pgd.step_size, pgd.inner_steps) == (pytest.approx(2.5 * 0.3 / 7), 7)  # MadryLab robustness rule of thumb
     assert AdversarialRecipe("pgd", 0.3, alpha=0.01).step_size == 0.01
     with pytest.raises(ValueError, match="AdversarialRecipe or None"):
         TrainRecipe(adversarial={"method": "fgsm", "eps": 0.3})
