@@ -11,9 +11,13 @@ softmax runs in. For a top-1 logit margin m over the other classes:
 (eps: the format's machine epsilon, tiny: its smallest normal number; IEEE 754, and Goldberg, "What
 every computer scientist should know about floating-point arithmetic", ACM Computing Surveys 1991).
 float32: 16.6 and 104.0; float64: 36.7 and 745.1; float16: 7.6 and 17.3; bfloat16: 5.5 and 92.9.
-`softmax_thresholds` gives these formulas; `measured_thresholds` finds where PyTorch's own kernels
-give an exactly zero gradient, which can sit a little later (a kernel may add the small terms
-together first, or compute in a wider type and round the result).
+These bound one rival class. With K - 1 rivals all at margin m, p_y = 1 / (1 + (K - 1) e^-m), and a
+kernel that sums the rivals' terms before adding 1 (or computes in a wider type and rounds once, as
+PyTorch's float16 and bfloat16 softmax do on CPU) saturates ln(K - 1) later: m > ln(K - 1) - ln(eps / 2),
+ln 9 = 2.2 later for 10 classes (float16 9.83, bfloat16 7.75). A kernel that adds the terms to 1 one at
+a time saturates at the one-rival formula (PyTorch's float32 softmax at 10 classes: 16.64); underflow is
+per class and does not move. `softmax_thresholds` gives the one-rival formulas; `measured_thresholds`
+finds where PyTorch's own kernels give an exactly zero gradient for logits (m, 0, ..., 0), between the two.
 
 `precision_study` runs a GI model in several formats (the whole model cast, as low-precision hardware
 would run it, or float32 under CPU autocast) and measures, per format, the exactly-zero gradients and

@@ -72,7 +72,8 @@ def test_narrower_formats_mask_at_least_as_much(study):
 def test_fgsm_crafted_in_float64_breaks_the_float32_model(study):
     crafted = study["float32", "FGSM crafted in float64"]
     assert crafted["success"] > 0.6 and crafted["success_low"] > study["float32", "FGSM"]["success_high"]
-    assert crafted["zero_grad_fraction"] == study["float32", "FGSM"]["zero_grad_fraction"]
+    # float64 gives the gradient back (3.5% zeros on this data, 88.6% in float32): the attack's source
+    assert study["float64", "FGSM"]["zero_grad_fraction"] < 0.1 < 0.8 < study["float32", "FGSM"]["zero_grad_fraction"]
 
 
 def test_every_precision_has_a_row_and_the_study_checks_its_arguments(study, mnist_test):
