@@ -399,8 +399,7 @@ def run_shootout(arch: str = "mlp3", ratios: tuple[float, ...] = (8, 64), n: int
     rows = [{"ratio_target": 1, **row} for row in
             evaluate_contenders({"dense": dense}, dense, test.images, test.labels, eps, dense_weights, preset, device)]
     for ratio in ratios:
-        contenders = build_contenders(dense, arch, ratio, train_set, epochs, adversarial,
-                                      calibration=train_set.images[:1000], device=device)
+        contenders = build_contenders(dense, arch, ratio, train_set, epochs, adversarial, device=device)
         rows += [{"ratio_target": ratio, **row} for row in
                  evaluate_contenders(contenders, dense, test.images, test.labels, eps, dense_weights, preset, device)]
     return [{"dataset": "mnist", "arch": arch, "training": training, **row} for row in rows]
