@@ -10,7 +10,7 @@ PIN := $(BIN)/python scripts/pin_manifest.py
 DEVICE ?= cpu
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: install test lab notebooks browser-test install-test book book-test release zoo zoo-mnist zoo-cifar benchmark results-mnist results-cifar10 clean
+.PHONY: install test lab notebooks browser-test install-test book book-test release zoo zoo-mnist zoo-cifar zoo-at zoo-at-mnist zoo-at-cifar benchmark results-mnist results-cifar10 clean
 
 # A .venv whose python no longer runs (moved, or its interpreter removed) is rebuilt, not reused.
 ifneq ($(wildcard $(VENV)),)
@@ -69,19 +69,25 @@ benchmark: install
 # the protocol's 1000 images): analysis 85 and reproduction 34 minutes, each on one thread beside other
 # runs; the adaptive study about 2.5 hours (3 models x 76-80 CPU-minutes; run here as three one-thread
 # processes, one per model, in 2 h 7 min on 2 cores; `--parts DIR` lets it stop and resume).
+# Beyond the paper (notebooks 07 and 08): the adversarially trained zoo under the ensemble (CIFAR-10 on 500
+# images) and the compression shoot-outs at equal storage.
 results-mnist: install
 	$(BIN)/hashrobust analyze --dataset mnist --archs lenet mlp3 --device $(DEVICE)
 	$(BIN)/hashrobust reproduce --dataset mnist --device $(DEVICE)
 	$(BIN)/hashrobust adaptive --dataset mnist --device $(DEVICE)
+	$(BIN)/hashrobust at-eval --dataset mnist --device $(DEVICE)
+	$(BIN)/hashrobust shootout --arch mlp3 --device $(DEVICE)
+	$(BIN)/hashrobust shootout --arch mlp3 --training pgd-at --eps 0.3 --device $(DEVICE)
 
 results-cifar10: install
 	$(BIN)/hashrobust analyze --dataset cifar10 --device $(DEVICE)
 	$(BIN)/hashrobust reproduce --dataset cifar10 --device $(DEVICE)
 	$(BIN)/hashrobust adaptive --dataset cifar10 --n-cw 50 --device $(DEVICE)
+	$(BIN)/hashrobust at-eval --dataset cifar10 --n 500 --device $(DEVICE)
 
 # Rebuild the pretrained zoo (needs the data: set HASHROBUST_DATA). MNIST: a few minutes
 # on 2 CPU cores; CIFAR-10: about 40 minutes on 2 CPU cores.
-zoo: zoo-mnist zoo-cifar
+zoo: zoo-mnist zoo-cifar zoo-at
 
 zoo-mnist: install
 	$(TRAIN) --dataset mnist --arch mlp3 --ratio 1 --seed 0 && $(PIN)
@@ -98,6 +104,30 @@ zoo-cifar: install
 	for r in 8 64; do \
 	  $(TRAIN) --dataset cifar10 --arch cifar_cnn --ratio $$r --epochs 4 --seed 0 --from-dense $(CKPT)/cifar10-cifar_cnn-r1.pt && $(PIN) || exit 1; \
 	done
+
+# The adversarially trained zoo (notebook 07; `hashrobust train --adversarial`, checkpoints *-pgd-at.pt and
+# *-fgsm-at.pt). MNIST, eps 0.3: PGD training (10 steps) of the dense nets, the hashed ones compressed from them
+# and fine-tuned adversarially; one LeNet with fast FGSM training, the catastrophic-overfitting example. The
+# shipped MNIST checkpoints were trained on one GPU (DEVICE=cuda: 2-5 minutes each); on 2 CPU cores PGD
+# training takes about 10x longer. CIFAR-10, 8/255: fast FGSM training fine-tuned from the clean cifar_cnn
+# (about 25 minutes on one CPU thread), ratio 8 compressed from it.
+AT_DEVICE := $(if $(filter cpu,$(DEVICE)),,--device $(DEVICE))
+zoo-at: zoo-at-mnist zoo-at-cifar
+
+zoo-at-mnist: install
+	$(TRAIN) --dataset mnist --arch lenet --ratio 1 --adversarial pgd --eps 0.3 --epochs 10 --seed 0 $(AT_DEVICE) && $(PIN)
+	$(TRAIN) --dataset mnist --arch lenet --ratio 1 --adversarial fgsm --eps 0.3 --epochs 10 --seed 0 $(AT_DEVICE) && $(PIN)
+	$(TRAIN) --dataset mnist --arch mlp3 --ratio 1 --adversarial pgd --eps 0.3 --epochs 15 --seed 0 $(AT_DEVICE) && $(PIN)
+	for a in lenet mlp3; do for r in 8 64; do \
+	  $(TRAIN) --dataset mnist --arch $$a --ratio $$r --adversarial pgd --eps 0.3 --epochs 5 --seed 0 $(AT_DEVICE) \
+	    --from-dense $(CKPT)/mnist-$$a-r1-pgd-at.pt && $(PIN) || exit 1; \
+	done; done
+
+zoo-at-cifar: install
+	$(TRAIN) --dataset cifar10 --arch cifar_cnn --ratio 1 --adversarial fgsm --eps 0.03137254901960784 --epochs 6 \
+	  --lr 0.05 --seed 0 $(AT_DEVICE) --from-dense $(CKPT)/cifar10-cifar_cnn-r1.pt && $(PIN)
+	$(TRAIN) --dataset cifar10 --arch cifar_cnn --ratio 8 --adversarial fgsm --eps 0.03137254901960784 --epochs 3 \
+	  --seed 0 $(AT_DEVICE) --from-dense $(CKPT)/cifar10-cifar_cnn-r1-fgsm-at.pt && $(PIN)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis data/cache

@@ -260,6 +260,13 @@ REQUIRED = {("mnist", "mlp3", r) for r in (1, 2, 4, 8, 16, 32, 64)} | \
 # Full-test-split accuracy floors of the issue; ratios without one are checked only against the manifest.
 FLOORS = {("mnist", "mlp3", 1): 0.980, ("mnist", "mlp3", 8): 0.975, ("mnist", "mlp3", 64): 0.955,
           ("mnist", "lenet", 1): 0.990, ("cifar10", "cifar_cnn", 1): 0.75, ("cifar10", "cifar_cnn", 8): 0.73}
+# Adversarially trained models (notebook 07): lenet meets the course's 98.0% target; mlp3 has little capacity for
+# eps 0.3 (78.6% dense); CIFAR-10 at 8/255 trades about 20 points of clean accuracy
+AT_FLOORS = {("mnist", "lenet", 1, "pgd-at"): 0.980, ("mnist", "lenet", 8, "pgd-at"): 0.975,
+             ("mnist", "lenet", 64, "pgd-at"): 0.975, ("mnist", "lenet", 1, "fgsm-at"): 0.980,
+             ("mnist", "mlp3", 1, "pgd-at"): 0.75, ("mnist", "mlp3", 8, "pgd-at"): 0.58,
+             ("mnist", "mlp3", 64, "pgd-at"): 0.55, ("cifar10", "cifar_cnn", 1, "fgsm-at"): 0.60,
+             ("cifar10", "cifar_cnn", 8, "fgsm-at"): 0.55}
 ENTRY_KEYS = {"command", "seed", "epochs", "variant", "clean_test_accuracy", "sha256", "bytes", "method"}
 SHIPPED = read_manifest()
 
@@ -293,11 +300,13 @@ def test_shipped_checkpoint_reproduces_its_accuracy(name, loaded_splits):
         loaded_splits[entry["dataset"]] = load_dataset(entry["dataset"], "test")
     test = loaded_splits[entry["dataset"]]
     assert test.variant == entry["variant"], f"{name} was measured on {entry['variant']}, not {test.variant}"
-    model = load_pretrained(*key)  # verifies size and sha256
+    training = entry.get("training", "standard")
+    model = load_pretrained(*key, training=training)  # verifies size and sha256
     measured = evaluate(model, test)  # the full split: the manifest's number (4 digits), from when the zoo was built
     # 0.001 = 10 of 10000 predictions, for a build on another CPU: its float32 kernels move a logit by at most
     # ~eps_f32 * sqrt(4096) * 25 ~ 2e-4, so only predictions whose top two logits are that close can flip. Measured:
     # none in mlp3 r1/r8/r64 and lenet r1 (smallest gap 4e-3), one in cifar_cnn r8 (gap 4e-4).
     assert abs(measured - entry["clean_test_accuracy"]) <= 0.001, (name, measured)
     assert entry["test_n"] == len(test) == 10000, f"{name}: the floors are for the full test split"
-    assert entry["clean_test_accuracy"] >= FLOORS.get(key, 0.0), name
+    # the floors are the standard models'; adversarial training trades clean accuracy for robustness
+    assert entry["clean_test_accuracy"] >= (FLOORS.get(key, 0.0) if training == "standard" else AT_FLOORS[(*key, training)]), name
