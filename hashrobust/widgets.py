@@ -45,7 +45,7 @@ from .zoo import load_pretrained, read_manifest
 
 __all__ = ["RATIOS", "ATTACKS", "example_hash", "RatioExplorer", "AdversarialExplorer", "CompressionAttackExplorer",
            "InhibitionExplorer", "ratio_figure", "adversarial_figure", "compression_attack_figure",
-           "inhibition_figure"]
+           "inhibition_figure", "RobustnessCurveExplorer", "ShootoutExplorer", "shootout_figure"]
 
 RATIOS = (1, 2, 4, 8, 16, 32, 64)  # the zoo's compression ratios, a log2 scale
 ATTACKS: dict[str, Callable[[nn.Module, float], Attack]] = {  # 20 steps of eps/8 reach any corner of the ball
@@ -219,7 +219,8 @@ class RatioExplorer(_Explorer):
         entries = (read_manifest() if manifest is None else manifest).values()
         self.rows = sorted(({"ratio": e["ratio"], "clean_acc": e["clean_test_accuracy"], "bytes": e["bytes"],
                              "real": e["real_parameters"], "virtual": e["virtual_parameters"]}
-                            for e in entries if e["dataset"] == dataset and e["arch"] == arch), key=lambda r: r["ratio"])
+                            for e in entries if e["dataset"] == dataset and e["arch"] == arch and "training" not in e),
+                           key=lambda r: r["ratio"])
         if not self.rows:
             raise ValueError(f"The manifest has no {dataset} {arch} checkpoints; run `hashrobust zoo` first.")
         self._wire(ratio=_ratio_slider(ratio))
@@ -488,3 +489,175 @@ class InhibitionExplorer(_Explorer):
 
     def _draw(self) -> Figure:
         return inhibition_figure(self.before, self.state["after"], self.state["strength"], self.eps)
+
+
+# ----------------------------------------------------------------------------- 07: robust accuracy against eps
+class RobustnessCurveExplorer(_Explorer):
+    """Notebook 07: pick eps; see every model's robust accuracy there, on the precomputed curves.
+
+    Args:
+        curves: rows of `adversarial_study.eps_curves` (results/<dataset>/at_eps_curves.csv); the slider
+            offers their eps values.
+        eps: the initial radius, one of them (None: the one the zoo was trained for, else the largest).
+
+    Used in: notebooks/07_adversarial_training.ipynb.
+    """
+
+    def __init__(self, curves: Sequence[dict], eps: float | None = None) -> None:
+        from .adversarial_study import EPS, _label, eps_curve_figure
+
+        if not curves:
+            raise ValueError("The 'curves' of RobustnessCurveExplorer must be a non-empty list of eps_curves rows. "
+                             "Got an empty one instead.")
+        self.curves, self._figure_of, self._label = list(curves), eps_curve_figure, _label
+        values = sorted({r["eps"] for r in self.curves})
+        trained = EPS[self.curves[0]["dataset"]]
+        default = next((v for v in values if abs(v - trained) < 1e-9), values[-1])
+        scale = 255 if self.curves[0]["dataset"] == "cifar10" else 1
+        slider = widgets.SelectionSlider(options=[(f"{v * scale:.3g}" + ("/255" if scale == 255 else ""), v)
+                                                  for v in values], value=default if eps is None else eps,
+                                         continuous_update=False, description="eps, L-inf radius", **_WIDE)
+        self._wire(eps=slider)
+
+    def _compute(self, eps: float) -> dict:
+        return {"eps": eps, "rows": [r for r in self.curves if r["eps"] == eps]}
+
+    def _describe(self) -> str:
+        parts = [f"{self._label(r['ratio'], r['training'])} {_pct(r['robust_acc'])}" for r in self.state["rows"]]
+        return f"eps {self.state['eps']:.4g}, robust accuracy: " + "; ".join(parts)
+
+    def _draw(self) -> Figure:
+        return self._figure_of(self.curves, self.state["eps"])
+
+
+# ----------------------------------------------------------------------------- 08: the shoot-out
+SHOOTOUT_ORDER = ("dense", "hashed", "pruned", "quantized", "small dense")  # shootout.METHODS, after the reference
+# (label, attack: the start of the rows' "attack" ("clean": any row of the model), key): the bars of each method
+SHOOTOUT_METRICS = (("clean accuracy", "clean", "clean_acc"), ("PGD-40 white-box success", "PGD-40", "success"),
+                    ("PGD-40 transfer from dense", "transfer: PGD-40 from the dense model", "success"),
+                    ("ensemble robust accuracy", "ensemble", "robust_acc"))
+_HATCHES = ("", "//", "..", "xx")  # one per metric: the bars differ by pattern as well as by colour
+
+
+def _shootout_row(rows: Sequence[dict], method: str, ratio: float, attack: str = "clean") -> dict:
+    """The first row of `method` at target ratio `ratio` whose attack starts with `attack` ("clean": any)."""
+    for row in rows:
+        if row["method"] == method and row["ratio_target"] == ratio and (attack == "clean" or
+                                                                          row["attack"].startswith(attack)):
+            return row
+    raise ValueError(f"The shoot-out rows have no {method!r} row at ratio {ratio:g}"
+                     + ("" if attack == "clean" else f" for attack {attack!r}")
+                     + "; pass the rows of one `hashrobust shootout` run (results/mnist/shootout-*.csv).")
+
+
+def _shootout_value(rows: Sequence[dict], method: str, ratio: float, attack: str, key: str) -> dict:
+    """{"value", "low", "high"} (95% Wilson interval) of `key` for `method` at `ratio` under `attack`."""
+    row = _shootout_row(rows, method, ratio, attack)
+    return {"value": row[key], "low": row[key + "_low"], "high": row[key + "_high"]}
+
+
+def _shootout_methods(rows: Sequence[dict]) -> list[str]:
+    return [m for m in SHOOTOUT_ORDER if any(r["method"] == m for r in rows)]
+
+
+def _check_shootout_ratio(rows: Sequence[dict], ratio: float, owner: str) -> list[float]:
+    """The rows' storage ratios other than the dense 1; ValueError naming them unless `ratio` is one."""
+    ratios = sorted({r["ratio_target"] for r in rows if r["ratio_target"] != 1})
+    if ratio not in ratios:
+        raise ValueError(f"The 'ratio' of {owner} must be one of {', '.join(f'{r:g}' for r in ratios)} (the rows' "
+                         f"storage ratios). Got {ratio!r} instead.")
+    return ratios
+
+
+def shootout_figure(rows: Sequence[dict], ratio: float, method: str) -> Figure:
+    """One bar group per method at storage ratio `ratio` (the dense model beside them): its clean accuracy,
+    PGD-40 white-box and transferred success and ensemble robust accuracy, with 95% intervals.
+
+    The selected `method`'s group is drawn solid and numbered, the others pale; each tick names the storage
+    ratio a method reached on its values and with its index and codebook bits.
+
+    Args:
+        rows: rows of `shootout.run_shootout` (one arch and training).
+        ratio: one of the rows' "ratio_target" other than 1; method: one of the rows' methods.
+    """
+    methods = _shootout_methods(rows)
+    check_choice(method, "method", methods)
+    _check_shootout_ratio(rows, ratio, "shootout_figure")
+    fig = Figure(figsize=(10.0, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / len(SHOOTOUT_METRICS)
+    x = np.arange(len(methods))
+    ticks = []
+    for name in methods:
+        reached = _shootout_row(rows, name, 1 if name == "dense" else ratio)
+        ticks.append(f"{name}\n{reached['ratio']:.1f}x on values, {reached['ratio_all']:.1f}x all")
+    for j, (label, attack, key) in enumerate(SHOOTOUT_METRICS):
+        cells = [_shootout_value(rows, name, 1 if name == "dense" else ratio, attack, key) for name in methods]
+        values = np.array([100 * c["value"] for c in cells])
+        errors = np.array([values - [100 * c["low"] for c in cells], [100 * c["high"] for c in cells] - values])
+        bars = ax.bar(x + (j - (len(SHOOTOUT_METRICS) - 1) / 2) * width, values, width, yerr=errors, capsize=2,
+                      color=OKABE_ITO[j], hatch=_HATCHES[j], edgecolor="white", label=label,
+                      error_kw={"elinewidth": 0.8, "ecolor": "black"})
+        for bar, name in zip(bars, methods):
+            bar.set_alpha(1.0 if name in (method, "dense") else 0.35)
+        ax.bar_label(bars, labels=[f"{v:.1f}" if name == method else "" for v, name in zip(values, methods)],
+                     fontsize=7, padding=2)
+    first = rows[0]
+    ax.set_xticks(x, ticks, fontsize=8)
+    ax.set(ylabel="% of test images", ylim=(0, 118),
+           title=f"MNIST {first['arch']} ({first['training']} training) at storage ratio {ratio:g}: L-inf eps "
+                 f"{first['eps']:g}, first {first['n']} test images (selected: {method})")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8, ncols=len(SHOOTOUT_METRICS), loc="upper center")
+    return fig
+
+
+class ShootoutExplorer(_Explorer):
+    """Notebook 08: pick a storage budget and a method; compare it with the others at the same storage.
+
+    Nothing is computed: the rows are a committed shoot-out (`hashrobust shootout`), so a move only redraws.
+
+    Args:
+        rows: rows of `shootout.run_shootout` for one arch and training
+            (results/mnist/shootout-<arch>-<training>.csv, read with `reports.read_results`).
+        ratio: the initial storage ratio, one of the rows' "ratio_target" (the slider offers those but 1).
+        method: the initial method, one of the rows' methods ("hashed", "pruned", "quantized", "small dense").
+
+    Example:
+        >>> from hashrobust.reports import read_results
+        >>> explorer = ShootoutExplorer(read_results("mnist", "shootout-mlp3-standard"), ratio=64)
+        >>> explorer.set(method="pruned"); explorer.state["ratio"], explorer.state["method"]
+        (64, 'pruned')
+
+    Used in: notebooks/08_compression_and_robustness.ipynb.
+    """
+
+    def __init__(self, rows: Sequence[dict], ratio: float = 8, method: str = "hashed") -> None:
+        self.rows = list(rows)
+        runs = {(r["arch"], r["training"]) for r in self.rows}
+        if len(runs) != 1:
+            raise ValueError(f"The 'rows' of ShootoutExplorer must come from one shoot-out run (one arch and "
+                             f"training). Got {sorted(runs) or 'no rows'} instead.")
+        self.ratios = _check_shootout_ratio(self.rows, ratio, "ShootoutExplorer")
+        self.methods = [m for m in _shootout_methods(self.rows) if m != "dense"]
+        check_choice(method, "method", self.methods)
+        budget = widgets.SelectionSlider(options=[(f"1/{r:g} of the dense FC weights' bits", r) for r in self.ratios],
+                                         value=ratio, continuous_update=False, description="storage budget", **_WIDE)
+        dropdown = widgets.Dropdown(options=self.methods, value=method, description="method", **_WIDE)
+        self._wire(ratio=budget, method=dropdown)
+
+    def _compute(self, ratio: float, method: str) -> dict:
+        values = {label: _shootout_value(self.rows, method, ratio, attack, key)
+                  for label, attack, key in SHOOTOUT_METRICS}
+        reached = _shootout_row(self.rows, method, ratio)
+        return {"ratio": ratio, "method": method, "values": values, "storage_ratio": reached["ratio"],
+                "ratio_all": reached["ratio_all"]}
+
+    def _describe(self) -> str:
+        s = self.state
+        parts = [f"{label} {_pct(v['value'])}" for label, v in s["values"].items()]
+        return (f"{s['method']} at storage ratio {s['ratio']:g} ({s['storage_ratio']:.1f} on values, "
+                f"{s['ratio_all']:.1f} counting indices and codebooks): " + "; ".join(parts))
+
+    def _draw(self) -> Figure:
+        return shootout_figure(self.rows, self.state["ratio"], self.state["method"])
