@@ -60,7 +60,8 @@ def run_analysis(dataset: str, n: int = 1000, archs: Sequence[str] | None = None
         evaluation.sweep's rows, with twin_ratio=1 (transfer between each hashed model and its dense twin).
     """
     device = check_device(device, "run_analysis")
-    entries = [e for e in read_manifest().values() if e["dataset"] == dataset and (archs is None or e["arch"] in archs)]
+    entries = [e for e in read_manifest().values() if e["dataset"] == dataset and (archs is None or e["arch"] in archs)
+               and "training" not in e]  # the standardly trained zoo: the adversarially trained one is notebook 07's
     models = {(e["arch"], e["ratio"]): load_pretrained(dataset, e["arch"], e["ratio"], device=device)
               for e in sorted(entries, key=lambda e: (e["arch"], e["ratio"]))}
     data = load_dataset(dataset, "test").subset(n).to(device)

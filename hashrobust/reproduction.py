@@ -85,7 +85,7 @@ def reproduce(dataset: str, n: int = 1000, jsma_images: int = 10, variant: str =
     attacks = {"FGSM": lambda m: FGSM(m, eps=eps), "BIM": lambda m: BIM(m, eps=eps, alpha=eps / 10, steps=40)}
     test = load_dataset(dataset, "test").subset(n).to(device)
     selection = load_dataset(dataset, "train").subset(SELECTION).to(device)
-    entries = sorted((e for e in read_manifest().values() if e["dataset"] == dataset
+    entries = sorted((e for e in read_manifest().values() if e["dataset"] == dataset and "training" not in e
                       and (models is None or (e["arch"], e["ratio"]) in models)), key=lambda e: (e["arch"], e["ratio"]))
     cells, curves = [], []
     with warnings.catch_warnings():

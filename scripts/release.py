@@ -89,7 +89,7 @@ assert abs(compression_ratio(hr.load_pretrained("mnist", "mlp3", ratio=64)) - 59
 assert smallest_checkpoint(hr.read_manifest(), 0.975) == "mnist-mlp3-r32.pt"
 ''', '''\
 assert smallest_checkpoint(hr.read_manifest(), 0.99) == "mnist-lenet-r64.pt"
-assert smallest_checkpoint(hr.read_manifest(), 0.5) == "mnist-mlp3-r64.pt"
+assert smallest_checkpoint(hr.read_manifest(), 0.5) == "mnist-mlp3-r64-pgd-at.pt"  # adversarially trained: 70 bytes less
 assert smallest_checkpoint(hr.read_manifest()) == "mnist-mlp3-r32.pt"  # the default min_accuracy, 0.975
 assert smallest_checkpoint(hr.read_manifest(), 1.0) is None
 toy = {"a.pt": {"clean_test_accuracy": 0.90, "bytes": 10}, "b.pt": {"clean_test_accuracy": 0.99, "bytes": 50},
@@ -388,6 +388,91 @@ for attack, expected in zip(attacks, (0.90, 0.615, 0.665)):
 assert abs(worst_case_accuracy(check_gi, attacks, other_images, other_labels) - 0.585) <= 0.011
 clean = (hr.predict(check_gi, other_images) == other_labels).float().mean().item()
 assert abs(worst_case_accuracy(check_gi, [], other_images, other_labels) - clean) < 1e-6
+'''),
+    # ------------------------------------------------------------------ 07_adversarial_training
+    "fgsm_from": Tests(1, '''\
+check_at = hr.load_pretrained("mnist", "lenet", 1, training="pgd-at")
+check_test = hr.load_dataset("mnist", "test")
+check_images, check_labels = check_test.images[:100], check_test.labels[:100]
+adv_images = fgsm_from(check_at, check_images, check_labels, 0.3, 0.3, torch.zeros_like(check_images))
+assert torch.equal(adv_images, hr.FGSM(check_at, eps=0.3)(check_images, check_labels)), "delta = 0, alpha = eps: FGSM"
+''', '''\
+other_images, other_labels = check_test.images[100:200], check_test.labels[100:200]
+start = torch.empty_like(other_images).uniform_(-0.1, 0.1, generator=torch.Generator().manual_seed(1))
+adv_images = fgsm_from(check_at, other_images, other_labels, 0.1, 0.125, start)
+assert (adv_images - other_images).abs().max() <= 0.1 + 1e-6 and 0 <= adv_images.min() and adv_images.max() <= 1
+x = (other_images + start).requires_grad_(True)
+torch.nn.functional.cross_entropy(check_at(x), other_labels).backward()
+expected = (other_images + (start + 0.125 * x.grad.sign()).clamp(-0.1, 0.1)).clamp(0, 1)
+assert torch.allclose(adv_images, expected, atol=1e-6)
+'''),
+    "masked_fraction": Tests(1, '''\
+import warnings
+
+check_test = hr.load_dataset("mnist", "test")
+check_images, check_labels = check_test.images[:200], check_test.labels[:200]
+check_at = hr.load_pretrained("mnist", "lenet", 1, training="pgd-at")
+assert masked_fraction(check_at, check_images, check_labels) <= 0.01, "adversarial training masks nothing"
+''', '''\
+check_gi = hr.gradient_inhibition(hr.load_pretrained("mnist", "lenet", 1), eps=0.35)
+other_images, other_labels = check_test.images[200:400], check_test.labels[200:400]
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", hr.GradientMaskingWarning)
+    report = hr.inhibition_report(check_gi, other_images, other_labels)
+assert abs(masked_fraction(check_gi, other_images, other_labels) - report["zero_grad_fraction"]) <= 0.01
+'''),
+    "collapse_epoch": Tests(1, '''\
+from hashrobust.adversarial_study import training_histories
+
+assert collapse_epoch([0.5, 0.8, 0.55]) == (3, 2)
+assert collapse_epoch(training_histories("mnist", "lenet")["fgsm-at"]) == (None, 4)
+''', '''\
+assert collapse_epoch([0.9, 0.75, 0.65]) == (3, 1), "a fall of 0.15 goes on, one of 0.25 stops"
+assert collapse_epoch([0.2, 0.3, 0.4]) == (None, 3)
+assert collapse_epoch([0.6, 0.6, 0.5], drop=0.05) == (3, 1), "equal epochs keep the first best"
+assert collapse_epoch(training_histories("mnist", "lenet")["pgd-at"]) == (None, 10)
+'''),
+    # ------------------------------------------------------------------ 08_compression_and_robustness
+    "ste_round": Tests(1, '''\
+x = torch.tensor([0.4, 1.6, -2.5, 3.0], requires_grad=True)
+y = ste_round(x)
+assert torch.equal(y.detach(), torch.tensor([0.0, 2.0, -2.0, 3.0])), f"forward: torch.round(x), got {y}"
+(3 * y).sum().backward()
+assert torch.equal(x.grad, torch.full((4,), 3.0)), f"the gradient must pass straight through: {x.grad}"
+''', '''\
+torch.manual_seed(0)
+x = (torch.randn(5, 7) * 4).requires_grad_(True)
+w = torch.randn(5, 7)
+y = ste_round(x)
+assert y.shape == x.shape and torch.equal(y.detach(), torch.round(x.detach()))
+(w * y).sum().backward()
+assert torch.equal(x.grad, w), "d(sum(w * ste_round(x))) / dx must be w"
+'''),
+    "pruned_storage_ratio": Tests(1, '''\
+assert abs(pruned_storage_ratio(1000, 784, 8) - 6.048) < 5e-4, pruned_storage_ratio(1000, 784, 8)
+assert abs(pruned_storage_ratio(1000, 784, 64) - 45.9) < 5e-3, pruned_storage_ratio(1000, 784, 64)
+''', '''\
+from torch import nn
+from hashrobust.shootout import prune, storage
+
+for out_features, in_features, ratio in ((10, 1000, 8), (300, 500, 16), (64, 3, 2)):
+    layer = nn.Sequential(nn.Linear(in_features, out_features))
+    expected = storage(prune(layer, ratio), out_features * in_features)["ratio_all"]
+    got = pruned_storage_ratio(out_features, in_features, ratio)
+    assert abs(got - expected) <= 1e-9 * expected, (out_features, in_features, ratio, got, expected)
+'''),
+    "saturation_margin": Tests(1, '''\
+got = [round(saturation_margin(d), 2) for d in (torch.float64, torch.float32, torch.bfloat16, torch.float16)]
+assert got == [36.74, 16.64, 5.55, 7.62], got
+''', '''\
+import math
+from hashrobust.precision import softmax_thresholds
+
+for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
+    assert math.isclose(saturation_margin(dtype), softmax_thresholds(dtype)["saturation"], rel_tol=1e-12), dtype
+m = saturation_margin(torch.float32)
+assert torch.softmax(torch.tensor([m + 0.5, 0.0]), 0)[0].item() == 1.0
+assert torch.softmax(torch.tensor([m - 0.5, 0.0]), 0)[0].item() < 1.0
 '''),
 }
 
@@ -708,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "release",
                         help="the course directory (default: %(default)s)")
-    parser.add_argument("--only", nargs="+", metavar="STEM", help="only these notebooks (default: all seven)")
+    parser.add_argument("--only", nargs="+", metavar="STEM", help="only these notebooks (default: all nine)")
     parser.add_argument("--check", action="store_true",
                         help="autograde the solved student version of each assignment (student 'solutions-check'); "
                              "needs the data (HASHROBUST_DATA)")
