@@ -51,7 +51,8 @@ from .zoo import load_pretrained, read_manifest
 
 __all__ = ["EPS", "MODELS", "ANCHORS", "CURVE_EPS", "evaluate_model", "masking_signals",
            "evaluate_adversarial_training", "eps_curves", "hashing_under_at", "eps_curve_figure",
-           "training_histories", "training_curve_figure", "adversarial_training_markdown", "write_adversarial_training"]
+           "training_histories", "training_curve_figure", "adversarial_training_markdown", "write_adversarial_training",
+           "with_interval", "curve_archs", "LABELS"]
 
 EPS = {"mnist": 0.3, "cifar10": 8 / 255}  # the radius the zoo was trained for, and the papers' evaluation radius
 # (arch, ratio, training): "standard" and "GI" are the undefended model and the paper's defence on it
@@ -310,7 +311,13 @@ def training_curve_figure(histories: dict[str, list[float]], title: str = "") ->
     return fig
 
 
-def _interval(row: dict, key: str) -> str:
+def with_interval(row: dict, key: str) -> str:
+    """A rate of a row with its 95% interval, e.g. "92.5 [90.7, 93.9]" (percent), for tables.
+
+    Example:
+        >>> with_interval({"robust_acc": 0.925, "robust_acc_low": 0.907, "robust_acc_high": 0.939}, "robust_acc")
+        '92.5 [90.7, 93.9]'
+    """
     return f"{percent(row[key])} [{percent(row[key + '_low'])}, {percent(row[key + '_high'])}]"
 
 
@@ -324,9 +331,9 @@ def adversarial_training_markdown(rows: list[dict]) -> str:
              "| model | ratio | clean | FGSM | PGD-40 (CE) | ensemble | masking signals |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        lines.append(f"| {r['arch']}, {LABELS[r['training']]} | {r['ratio']:g} | {_interval(r, 'clean_acc')} | "
-                     f"{percent(r['fgsm_robust_acc'])} | {_interval(r, 'pgd_robust_acc')} | "
-                     f"{_interval(r, 'robust_acc')} | {r['signals']} |")
+        lines.append(f"| {r['arch']}, {LABELS[r['training']]} | {r['ratio']:g} | {with_interval(r, 'clean_acc')} | "
+                     f"{percent(r['fgsm_robust_acc'])} | {with_interval(r, 'pgd_robust_acc')} | "
+                     f"{with_interval(r, 'robust_acc')} | {r['signals']} |")
     lines += ["", "Published anchors (clean / robust under AutoAttack at the same eps):", ""]
     lines += [f"- {source}: {percent(clean)}% / {percent(robust)}%" for source, clean, robust in ANCHORS[dataset]]
     comparisons = hashing_under_at(rows)
