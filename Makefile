@@ -69,8 +69,9 @@ benchmark: install
 # the protocol's 1000 images): analysis 85 and reproduction 34 minutes, each on one thread beside other
 # runs; the adaptive study about 2.5 hours (3 models x 76-80 CPU-minutes; run here as three one-thread
 # processes, one per model, in 2 h 7 min on 2 cores; `--parts DIR` lets it stop and resume).
-# Beyond the paper (notebooks 07 and 08): the adversarially trained zoo under the ensemble (CIFAR-10 on 500
-# images) and the compression shoot-outs at equal storage.
+# Beyond the paper (notebooks 07 and 08): the adversarially trained zoo under the ensemble (MNIST about 98 min,
+# CIFAR-10 on 500 images about 44 min, each on one thread beside other runs) and the compression shoot-outs at
+# equal storage (14 and 39 min).
 results-mnist: install
 	$(BIN)/hashrobust analyze --dataset mnist --archs lenet mlp3 --device $(DEVICE)
 	$(BIN)/hashrobust reproduce --dataset mnist --device $(DEVICE)

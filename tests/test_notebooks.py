@@ -27,8 +27,8 @@ def _is_exercise(cell: dict) -> bool:
     return "exercise" in cell.get("metadata", {}).get("tags", [])
 
 
-def test_the_seven_notebooks_are_there_in_order():
-    assert [p.name[:3] for p in PATHS] == [f"{i:02d}_" for i in range(7)]
+def test_the_nine_notebooks_are_there_in_order():
+    assert [p.name[:3] for p in PATHS] == [f"{i:02d}_" for i in range(9)]
     assert PATHS[3].name == "03_attacking_compressed_models.ipynb"  # what `make browser-test` opens
 
 
@@ -100,4 +100,4 @@ def test_widget_cells_leave_a_static_png_for_readers_without_a_kernel():
                 shown += 1
                 kinds = [set(o.get("data", {})) for o in cell["outputs"]]
                 assert kinds and "image/png" in kinds[0], f"{path.name}: the explorer's first output must be a PNG"
-    assert shown == 4  # RatioExplorer, AdversarialExplorer, CompressionAttackExplorer, InhibitionExplorer
+    assert shown == 6  # Ratio-, Adversarial-, CompressionAttack-, Inhibition-, RobustnessCurve-, ShootoutExplorer
