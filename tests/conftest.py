@@ -121,3 +121,26 @@ def ta():
     if os.environ.get("CI"):
         return importlib.import_module("torchattacks")
     return pytest.importorskip("torchattacks")
+
+
+@pytest.fixture
+def displayed(monkeypatch):
+    """Record IPython.display.display calls; display_id=True returns a handle that records its updates."""
+    import IPython.display
+
+    calls = []
+
+    class Handle:
+        def __init__(self):
+            self.updates = []
+
+        def update(self, obj):
+            self.updates.append(obj)
+
+    def display(obj, display_id=None):
+        handle = Handle() if display_id else None
+        calls.append((obj, display_id, handle))
+        return handle
+
+    monkeypatch.setattr(IPython.display, "display", display)
+    return calls

@@ -5,7 +5,6 @@ can only come from the row it belongs to.
 """
 from __future__ import annotations
 
-import IPython.display
 import pytest
 from matplotlib.container import BarContainer
 
@@ -113,24 +112,10 @@ def test_the_figure_has_one_bar_group_per_method_and_the_selected_numbers(rows):
     assert printed == ["97.4", "47.4", "57.4", "22.4"]  # only the selected method's bars are numbered
 
 
-def test_show_displays_the_png_first_and_redraws_on_a_move(rows, monkeypatch):
-    calls = []
-
-    class Handle:
-        def __init__(self):
-            self.updates = []
-
-        def update(self, obj):
-            self.updates.append(obj)
-
-    def display(obj, display_id=None):
-        calls.append((obj, Handle() if display_id else None))
-        return calls[-1][1]
-
-    monkeypatch.setattr(IPython.display, "display", display)
+def test_show_displays_the_png_first_and_redraws_on_a_move(rows, displayed):
     explorer = ShootoutExplorer(rows)
     explorer.show()
-    (image, handle), (controls, _) = calls
+    (image, _, handle), (controls, _, _) = displayed
     assert image.data.startswith(b"\x89PNG\r\n\x1a\n") and controls is explorer.controls
     explorer.set(method="small dense")
     (new_image,) = handle.updates

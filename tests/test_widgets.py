@@ -170,28 +170,7 @@ def test_inhibition_explorer_zero_gradients_grow_with_strength(mlp3, subset):
     assert mlp3[-1].weight.abs().max() < 10  # the model itself was not edited
 
 
-# ----------------------------------------------------------------------------- static first
-@pytest.fixture
-def displayed(monkeypatch):
-    """Record IPython.display.display calls; display_id=True returns a handle that records its updates."""
-    calls = []
-
-    class Handle:
-        def __init__(self):
-            self.updates = []
-
-        def update(self, obj):
-            self.updates.append(obj)
-
-    def display(obj, display_id=None):
-        handle = Handle() if display_id else None
-        calls.append((obj, display_id, handle))
-        return handle
-
-    monkeypatch.setattr(IPython.display, "display", display)
-    return calls
-
-
+# ----------------------------------------------------------------------------- static first (`displayed`: conftest.py)
 @pytest.mark.parametrize("make, move", [
     (lambda data, model: RatioExplorer(), {"ratio": 16}),
     (lambda data, model: AdversarialExplorer(model, data, n=2), {"eps": 0.2}),
