@@ -88,8 +88,11 @@ def read_results(dataset: str, name: str) -> list[dict]:
     if not path.is_file():
         made_by = {"analysis": "analyze", "cells": "reproduce", "strength_curves": "reproduce", "adaptive": "adaptive",
                    "adversarial_training": "at-eval", "at_eps_curves": "at-eval"}
-        command = (f"hashrobust shootout --arch {name.split('-')[1]}" if name.startswith("shootout-") else
-                   f"hashrobust {made_by.get(name, '<command>')} --dataset {dataset}")
+        if name.startswith("shootout-"):  # shootout-<arch>-<training>
+            arch, training = name.split("-", 2)[1:]
+            command = f"hashrobust shootout --arch {arch}" + ("" if training == "standard" else f" --training {training}")
+        else:
+            command = f"hashrobust {made_by.get(name, '<command>')} --dataset {dataset}"
         raise FileNotFoundError(f"No {path}: run `{command}` (or `make results-{dataset}`) to make it.")
     return read_csv(path)
 
