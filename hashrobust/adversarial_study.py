@@ -42,7 +42,7 @@ from ._validation import check_choice, check_device
 from .attacks import FGSM, PGD
 from .data import load_dataset
 from .defenses import GradientMaskingWarning, inhibition_report
-from .evaluation import (ensemble_attacks, pack_outcomes, paired_difference, robust_accuracy, unpack_outcomes,
+from .evaluation import (_craft, ensemble_attacks, pack_outcomes, paired_difference, robust_accuracy, unpack_outcomes,
                          wilson_interval)
 from .reports import DATASET_NAMES, OKABE_ITO, eps_label, percent, rounded, write_csv
 from .reproduction import SELECTION, defend_by_rule
@@ -103,11 +103,9 @@ def evaluate_model(model: nn.Module, images: Tensor, labels: Tensor, eps: float,
     correct = predict(model, images) == labels
     device = next(model.parameters()).device
     x, y = images.to(device), labels.to(device)
-    fgsm = _robust(model, torch.cat([FGSM(model, eps=eps)(x[i:i + batch_size], y[i:i + batch_size])
-                                     for i in range(0, len(x), batch_size)]), labels, correct)
+    fgsm = _robust(model, _craft(FGSM(model, eps=eps), x, y, batch_size), labels, correct)
     pgd_attack = PGD(model, eps=eps, alpha=2.5 * eps / 40, steps=40, random_start=True, seed=0)
-    pgd = _robust(model, torch.cat([pgd_attack(x[i:i + batch_size], y[i:i + batch_size])
-                                    for i in range(0, len(x), batch_size)]), labels, correct)
+    pgd = _robust(model, _craft(pgd_attack, x, y, batch_size), labels, correct)
     ensemble = robust_accuracy(model, images, labels, eps, preset=preset, batch_size=batch_size)
     steps = {step["attack"]: step for step in ensemble["per_attack"]}
     row = {"n": len(labels), "eps": eps}

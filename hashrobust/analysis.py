@@ -28,7 +28,7 @@ from .attacks import BIM, FGSM, PGD
 from .data import load_dataset
 from .evaluation import paired_difference, sweep, unpack_outcomes, verdict
 from .reports import DATASET_NAMES, eps_label, heatmap, markdown_table, percent, rounded, table, write_csv
-from .zoo import load_pretrained, read_manifest
+from .zoo import load_pretrained, standard_entries
 
 __all__ = ["ATTACKS", "EPS_GRID", "MODES", "run_analysis", "paired_cells", "findings", "findings_table", "analysis_heatmap",
            "write_analysis"]
@@ -60,8 +60,7 @@ def run_analysis(dataset: str, n: int = 1000, archs: Sequence[str] | None = None
         evaluation.sweep's rows, with twin_ratio=1 (transfer between each hashed model and its dense twin).
     """
     device = check_device(device, "run_analysis")
-    entries = [e for e in read_manifest().values() if e["dataset"] == dataset and (archs is None or e["arch"] in archs)
-               and "training" not in e]  # the standardly trained zoo: the adversarially trained one is notebook 07's
+    entries = [e for e in standard_entries().values() if e["dataset"] == dataset and (archs is None or e["arch"] in archs)]
     models = {(e["arch"], e["ratio"]): load_pretrained(dataset, e["arch"], e["ratio"], device=device)
               for e in sorted(entries, key=lambda e: (e["arch"], e["ratio"]))}
     data = load_dataset(dataset, "test").subset(n).to(device)

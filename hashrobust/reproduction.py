@@ -36,7 +36,7 @@ from .data import ImageDataset, load_dataset
 from .defenses import GradientMaskingWarning, choose_strength, gradient_inhibition, inhibition_report
 from .evaluation import jsma_success, success_rate
 from .reports import DATASET_NAMES, OKABE_ITO, percent, write_csv
-from .zoo import load_pretrained, read_manifest
+from .zoo import load_pretrained, standard_entries
 
 __all__ = ["PAPER_AVERAGE", "ATTACK_EPS", "SELECTION", "defend_by_rule", "reproduce", "average_success",
            "average_half_width",
@@ -85,7 +85,7 @@ def reproduce(dataset: str, n: int = 1000, jsma_images: int = 10, variant: str =
     attacks = {"FGSM": lambda m: FGSM(m, eps=eps), "BIM": lambda m: BIM(m, eps=eps, alpha=eps / 10, steps=40)}
     test = load_dataset(dataset, "test").subset(n).to(device)
     selection = load_dataset(dataset, "train").subset(SELECTION).to(device)
-    entries = sorted((e for e in read_manifest().values() if e["dataset"] == dataset and "training" not in e
+    entries = sorted((e for e in standard_entries().values() if e["dataset"] == dataset
                       and (models is None or (e["arch"], e["ratio"]) in models)), key=lambda e: (e["arch"], e["ratio"]))
     cells, curves = [], []
     with warnings.catch_warnings():

@@ -41,7 +41,7 @@ from .defenses import (DEFAULT_GRIDS, SATURATION_MARGIN, UNDERFLOW_MARGIN, Gradi
 from .evaluation import success_rate, transfer
 from .hashing import hash_positions, num_buckets
 from .reports import OKABE_ITO as PALETTE
-from .zoo import load_pretrained, read_manifest
+from .zoo import load_pretrained, standard_entries
 
 __all__ = ["RATIOS", "ATTACKS", "example_hash", "RatioExplorer", "AdversarialExplorer", "CompressionAttackExplorer",
            "InhibitionExplorer", "ratio_figure", "adversarial_figure", "compression_attack_figure",
@@ -216,11 +216,10 @@ class RatioExplorer(_Explorer):
     def __init__(self, dataset: str = "mnist", arch: str = "mlp3", ratio: float = 8, seed: int = 0,
                  manifest: Mapping[str, dict] | None = None) -> None:
         self.dataset, self.arch, self.seed = dataset, arch, seed
-        entries = (read_manifest() if manifest is None else manifest).values()
+        entries = standard_entries(manifest).values()
         self.rows = sorted(({"ratio": e["ratio"], "clean_acc": e["clean_test_accuracy"], "bytes": e["bytes"],
                              "real": e["real_parameters"], "virtual": e["virtual_parameters"]}
-                            for e in entries if e["dataset"] == dataset and e["arch"] == arch and "training" not in e),
-                           key=lambda r: r["ratio"])
+                            for e in entries if e["dataset"] == dataset and e["arch"] == arch), key=lambda r: r["ratio"])
         if not self.rows:
             raise ValueError(f"The manifest has no {dataset} {arch} checkpoints; run `hashrobust zoo` first.")
         self._wire(ratio=_ratio_slider(ratio))

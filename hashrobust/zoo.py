@@ -35,7 +35,7 @@ from .data import shipped_path
 from .models import build_model
 
 __all__ = ["CHECKPOINT_DIR", "checkpoint_name", "save_checkpoint", "load_checkpoint", "load_pretrained",
-           "read_manifest", "MANIFEST_SHA256"]
+           "read_manifest", "standard_entries", "MANIFEST_SHA256"]
 
 CHECKPOINT_DIR = shipped_path("data", "checkpoints")  # an installed package: its own copy (`shipped_path`)
 MANIFEST = "MANIFEST.json"
@@ -77,6 +77,20 @@ def read_manifest(directory: str | os.PathLike | None = None) -> dict[str, dict]
     """
     path = Path(directory or CHECKPOINT_DIR) / MANIFEST
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def standard_entries(manifest: dict[str, dict] | None = None) -> dict[str, dict]:
+    """The entries of the standardly trained models (`manifest`, default the shipped one's): what the paper's
+    experiments and notebooks 01-06 use. The adversarially trained ones (notebook 07) share their (arch, ratio).
+
+    Example:
+        >>> sorted({e["training"] for e in read_manifest().values() if "training" in e})
+        ['fgsm-at', 'pgd-at']
+        >>> any("training" in e for e in standard_entries().values())
+        False
+    """
+    manifest = read_manifest() if manifest is None else manifest
+    return {name: entry for name, entry in manifest.items() if entry.get("training", "standard") == "standard"}
 
 
 def _verified_manifest(directory: Path) -> dict[str, dict]:
