@@ -1,6 +1,9 @@
 """Tests for hashrobust.cli: `hashrobust train` and `hashrobust zoo` on 512-image subsets, in tmp_path; --device."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -31,6 +34,16 @@ def test_version(capsys):
         main(["--version"])
     assert excinfo.value.code == 0
     assert capsys.readouterr().out.strip() == f"hashrobust {__version__}"
+
+
+def test_python_dash_m_runs_the_same_command():
+    """`python -m hashrobust` is the console script (for a Jupyter kernel whose scripts folder is not on PATH)."""
+    done = subprocess.run([sys.executable, "-m", "hashrobust", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"hashrobust {__version__}"
+    bad = subprocess.run([sys.executable, "-m", "hashrobust", "shootout", "--arch", "resnet"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "invalid choice: 'resnet'" in bad.stderr
 
 
 def test_train_writes_checkpoint_and_manifest_entry(small_data, tmp_path, capsys):
