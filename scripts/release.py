@@ -723,10 +723,35 @@ def notebook_paths(only: list[str] | None = None) -> list[Path]:
     return paths
 
 
+CHECK_STUDENT = "solutions-check"  # the student --check submits as; never a real student
+
+
+def forget(course: Path, student_id: str) -> None:
+    """Remove `student_id` from the gradebook and their submitted/, autograded/ and feedback/ folders.
+
+    nbgrader refuses to regenerate an assignment whose cells changed once it has a submission
+    ("Cannot add or remove cells ... because there are submissions associated with it"), so the
+    check's own submission must not outlive the check.
+    """
+    for folder in ("submitted", "autograded", "feedback"):
+        shutil.rmtree(course / folder / student_id, ignore_errors=True)
+    if not (course / "gradebook.db").exists():
+        return
+    with _quiet_gradebook():
+        from nbgrader.api import Gradebook, MissingEntry
+
+        with Gradebook(course_config(course).CourseDirectory.db_url) as gradebook:
+            try:
+                gradebook.remove_student(student_id)
+            except MissingEntry:
+                pass
+
+
 def build(course: Path, only: list[str] | None = None, solutions: Path = SOLUTIONS) -> list[str]:
     """Write the course directory `course` and the student versions (nbgrader generate_assignment).
 
-    source/ and release/ are rewritten; submitted/, autograded/, feedback/ and the gradebook are kept.
+    source/ and release/ are rewritten; submitted/, autograded/, feedback/ and the gradebook are kept,
+    except what an earlier `--check` left (student CHECK_STUDENT), which would block changed notebooks.
     Returns the assignment names (the notebooks' stems).
     """
     course = course.resolve()
@@ -734,6 +759,7 @@ def build(course: Path, only: list[str] | None = None, solutions: Path = SOLUTIO
     (course / "nbgrader_config.py").write_text(CONFIG)
     for folder in ("submitted", "autograded", "feedback"):
         (course / folder).mkdir(exist_ok=True)
+    forget(course, CHECK_STUDENT)
     assignments = []
     for path in notebook_paths(only):
         assignment = path.stem
@@ -795,7 +821,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the course directory (default: %(default)s)")
     parser.add_argument("--only", nargs="+", metavar="STEM", help="only these notebooks (default: all nine)")
     parser.add_argument("--check", action="store_true",
-                        help="autograde the solved student version of each assignment (student 'solutions-check'); "
+                        help=f"autograde the solved student version of each assignment (student {CHECK_STUDENT!r}, "
+                             "removed afterwards); "
                              "needs the data (HASHROBUST_DATA)")
     args = parser.parse_args(argv)
     assignments = build(args.out, args.only)
@@ -806,8 +833,11 @@ def main(argv: list[str] | None = None) -> int:
         failed = 0
         for assignment in assignments:
             solved = fill_solutions(student_version(course, assignment), SOLUTIONS / f"{assignment}.py")
-            submit(course, assignment, "solutions-check", solved)
-            result = autograde(course, assignment, "solutions-check")
+            submit(course, assignment, CHECK_STUDENT, solved)
+            try:
+                result = autograde(course, assignment, CHECK_STUDENT)
+            finally:
+                forget(course, CHECK_STUDENT)
             ok = result["score"] == result["max_score"]
             failed += not ok
             print(f"{assignment}: solutions score {result['score']:g} / {result['max_score']:g}"

@@ -160,3 +160,32 @@ def test_autograding_scores_solved_unsolved_and_one_wrong_submission(course, ste
     broken = next(grade_id for grade_id in points if grade_id.endswith(f"_{function}_tests"))
     assert one_wrong["cells"] == {**points, broken: 0}, one_wrong
     assert (one_wrong["score"], one_wrong["max_score"]) == (total - points[broken], total), one_wrong
+
+
+def test_the_check_leaves_no_submission_and_never_blocks_a_changed_notebook(tmp_path, monkeypatch, capsys):
+    """`--check` grades as CHECK_STUDENT, then removes it: nbgrader refuses to regenerate an assignment whose
+    nbgrader cells changed once it has a submission, which would block the next `make release`."""
+    course, stem = tmp_path / "release", "00_start_here"
+    assert release.main(["--out", str(course), "--only", stem, "--check"]) == 0
+    assert f"{stem}: solutions score" in capsys.readouterr().out
+    assert [list((course / folder).iterdir()) for folder in ("submitted", "autograded", "feedback")] == [[], [], []]
+    with Gradebook(release.course_config(course).CourseDirectory.db_url) as gradebook:
+        assert gradebook.students == []
+
+    # what an earlier version of the check left behind: a graded submission of CHECK_STUDENT
+    release.submit(course, stem, release.CHECK_STUDENT, release.student_version(course, stem))
+    release.autograde(course, stem, release.CHECK_STUDENT)
+    original = release.source_notebook
+
+    def one_more_read_only_cell(*args, **kwargs):
+        notebook = original(*args, **kwargs)
+        notebook["cells"].append({"cell_type": "markdown", "id": "a-new-note", "source": ["A new note."], "metadata": {"nbgrader": {
+            "grade": False, "solution": False, "task": False, "locked": True, "grade_id": "a_new_note",
+            "schema_version": 3}}})
+        return notebook
+
+    monkeypatch.setattr(release, "source_notebook", one_more_read_only_cell)
+    assert release.build(course, [stem]) == [stem]
+    assert _text(release.student_version(course, stem)["cells"][-1]) == "A new note."
+    with Gradebook(release.course_config(course).CourseDirectory.db_url) as gradebook:
+        assert gradebook.students == []
