@@ -38,7 +38,8 @@ def test_version(capsys):
 
 def test_python_dash_m_runs_the_same_command():
     """`python -m hashrobust` is the console script (for a Jupyter kernel whose scripts folder is not on PATH)."""
-    done = subprocess.run([sys.executable, "-m", "hashrobust", "--version"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "hashrobust", "--version"], capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"hashrobust {__version__}"
     bad = subprocess.run([sys.executable, "-m", "hashrobust", "shootout", "--arch", "resnet"],

@@ -179,9 +179,10 @@ def test_the_check_leaves_no_submission_and_never_blocks_a_changed_notebook(tmp_
 
     def one_more_read_only_cell(*args, **kwargs):
         notebook = original(*args, **kwargs)
-        notebook["cells"].append({"cell_type": "markdown", "id": "a-new-note", "source": ["A new note."], "metadata": {"nbgrader": {
-            "grade": False, "solution": False, "task": False, "locked": True, "grade_id": "a_new_note",
-            "schema_version": 3}}})
+        nbgrader = {"grade": False, "solution": False, "task": False, "locked": True, "grade_id": "a_new_note",
+                    "schema_version": 3}
+        notebook["cells"].append({"cell_type": "markdown", "id": "a-new-note", "source": ["A new note."],
+                                  "metadata": {"nbgrader": nbgrader}})
         return notebook
 
     monkeypatch.setattr(release, "source_notebook", one_more_read_only_cell)
