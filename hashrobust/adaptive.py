@@ -40,7 +40,7 @@ from .data import load_dataset
 from .defenses import GradientMaskingWarning, choose_strength, gradient_inhibition, inhibition_report
 from .evaluation import (_adversarials, _outcomes, ensemble_attacks, jsma_success, pack_outcomes, robust_accuracy,
                          summarize, unpack_outcomes, wilson_interval)
-from .reports import DATASET_NAMES, eps_label, percent, rounded, write_csv
+from .reports import DATASET_NAMES, eps_label, percent, rounded, with_interval, write_csv
 from .reports import table as rendered_table
 from .reproduction import ATTACK_EPS, SELECTION, defend_by_rule
 from .train import predict
@@ -358,12 +358,9 @@ def worst_case_markdown(rows: list[dict]) -> Markdown:
 
     Used in: notebooks/06_adaptive_attacks.ipynb (MNIST and CIFAR-10).
     """
-    def with_interval(t: dict, key: str) -> str:
-        return f"{100 * t[key]:.1f}% [{100 * t[key + '_low']:.1f}, {100 * t[key + '_high']:.1f}]"
-
     return rendered_table(["model", "defence", "clean", "ensemble [95% CI]", "every attack [95% CI]"],
                           [[f"{t['arch']} r{t['ratio']:g}", t["defence"], f"{100 * t['clean_acc']:.1f}%",
-                            with_interval(t, "ensemble"), with_interval(t, "worst")] for t in worst_case_by_model(rows)],
+                            with_interval(t, "ensemble", "%"), with_interval(t, "worst", "%")] for t in worst_case_by_model(rows)],
                           align="llrrr")
 
 

@@ -44,7 +44,7 @@ from .data import load_dataset
 from .defenses import GradientMaskingWarning, inhibition_report
 from .evaluation import (_craft, ensemble_attacks, pack_outcomes, paired_difference, robust_accuracy, unpack_outcomes,
                          wilson_interval)
-from .reports import DATASET_NAMES, OKABE_ITO, eps_label, percent, rounded, write_csv
+from .reports import DATASET_NAMES, OKABE_ITO, eps_label, percent, rounded, with_interval, write_csv
 from .reproduction import SELECTION, defend_by_rule
 from .train import predict
 from .zoo import load_pretrained, read_manifest
@@ -52,7 +52,7 @@ from .zoo import load_pretrained, read_manifest
 __all__ = ["EPS", "MODELS", "ANCHORS", "CURVE_EPS", "evaluate_model", "masking_signals",
            "evaluate_adversarial_training", "eps_curves", "hashing_under_at", "eps_curve_figure",
            "training_histories", "training_curve_figure", "adversarial_training_markdown", "write_adversarial_training",
-           "with_interval", "curve_archs", "LABELS"]
+           "curve_archs", "LABELS"]
 
 EPS = {"mnist": 0.3, "cifar10": 8 / 255}  # the radius the zoo was trained for, and the papers' evaluation radius
 # (arch, ratio, training): "standard" and "GI" are the undefended model and the paper's defence on it
@@ -307,16 +307,6 @@ def training_curve_figure(histories: dict[str, list[float]], title: str = "") ->
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
-
-
-def with_interval(row: dict, key: str) -> str:
-    """A rate of a row with its 95% interval, e.g. "92.5 [90.7, 93.9]" (percent), for tables.
-
-    Example:
-        >>> with_interval({"robust_acc": 0.925, "robust_acc_low": 0.907, "robust_acc_high": 0.939}, "robust_acc")
-        '92.5 [90.7, 93.9]'
-    """
-    return f"{percent(row[key])} [{percent(row[key + '_low'])}, {percent(row[key + '_high'])}]"
 
 
 def adversarial_training_markdown(rows: list[dict]) -> str:

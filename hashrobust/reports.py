@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 
 from .data import shipped_path
 
-__all__ = ["RESULTS", "DATASET_NAMES", "OKABE_ITO", "table", "rounded", "eps_label", "write_csv", "read_csv", "read_results", "pivot", "markdown_table", "heatmap", "percent"]
+__all__ = ["RESULTS", "DATASET_NAMES", "OKABE_ITO", "table", "rounded", "eps_label", "write_csv", "read_csv", "read_results", "pivot", "markdown_table", "heatmap", "percent",
+           "with_interval"]
 
 # The one palette of every line, bar and category (Okabe & Ito 2008): eight colours that colour-blind readers tell
 # apart. Figures pair a colour with a marker or line style, so no two series differ by colour alone; heatmaps of
@@ -32,6 +33,18 @@ DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}  # how reports and fig
 def percent(value: float | None) -> str:
     """0.8799 -> '88.0'; None -> '-'."""
     return "-" if value is None else f"{100 * value:.1f}"
+
+
+def with_interval(row: dict, key: str, sign: str = "") -> str:
+    """A rate of a row with its 95% interval (`key`, `key_low`, `key_high`) in percent, for tables.
+
+    Example:
+        >>> with_interval({"robust_acc": 0.925, "robust_acc_low": 0.907, "robust_acc_high": 0.939}, "robust_acc")
+        '92.5 [90.7, 93.9]'
+        >>> with_interval({"success": 0.8, "success_low": 0.739, "success_high": 0.85}, "success", sign="%")
+        '80.0% [73.9, 85.0]'
+    """
+    return f"{percent(row[key])}{sign} [{percent(row[key + '_low'])}, {percent(row[key + '_high'])}]"
 
 
 def eps_label(dataset: str, eps: float) -> str:

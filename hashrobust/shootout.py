@@ -48,7 +48,7 @@ from .data import ImageDataset, load_dataset
 from .evaluation import ensemble_attacks, robust_accuracy, success_rate, transfer
 from .layers import _HashedLayer, compress
 from .models import ARCHS, _lenet, _mlp
-from .reports import rounded, write_csv
+from .reports import rounded, with_interval, write_csv
 from .train import RECIPES, train
 from .zoo import checkpoint_name, load_pretrained, read_manifest
 
@@ -408,9 +408,7 @@ def run_shootout(arch: str = "mlp3", ratios: tuple[float, ...] = (8, 64), n: int
 def shootout_markdown(rows: list[dict]) -> str:
     """The report: per ratio and method, storage and the rates with their 95% intervals."""
     def rate(row: dict, key: str) -> str:
-        if row[key] is None:
-            return ""
-        return f"{100 * row[key]:.1f} [{100 * row[key + '_low']:.1f}, {100 * row[key + '_high']:.1f}]"
+        return "" if row[key] is None else with_interval(row, key)
 
     first = rows[0]
     lines = [f"# Compression shoot-out at equal storage: MNIST {first['arch']} ({first['training']} training)", "",
