@@ -360,7 +360,8 @@ def worst_case_markdown(rows: list[dict]) -> Markdown:
     """
     return rendered_table(["model", "defence", "clean", "ensemble [95% CI]", "every attack [95% CI]"],
                           [[f"{t['arch']} r{t['ratio']:g}", t["defence"], f"{100 * t['clean_acc']:.1f}%",
-                            with_interval(t, "ensemble", "%"), with_interval(t, "worst", "%")] for t in worst_case_by_model(rows)],
+                            with_interval(t, "ensemble", "%"), with_interval(t, "worst", "%")]
+                           for t in worst_case_by_model(rows)],
                           align="llrrr")
 
 
@@ -451,10 +452,6 @@ def checklist_markdown(rows: list[dict]) -> str:
     return "\n".join(f"- **{item}**: {text.format(**values)}" for item, text in CHECKLIST)
 
 
-def _interval(row: dict, key: str) -> str:
-    return f"{percent(row[key])} [{percent(row[key + '_low'])}, {percent(row[key + '_high'])}]"
-
-
 def write_adaptive(rows: list[dict], out_dir: str | Path, command: str) -> list[Path]:
     """adaptive.csv and adaptive.md under out_dir."""
     out_dir = Path(out_dir)
@@ -481,7 +478,7 @@ def write_adaptive(rows: list[dict], out_dir: str | Path, command: str) -> list[
           "strongest single attack |", "|---|---|---:|---:|---:|---:|---|"]
     table = worst_case_by_model(rows)
     md += [f"| {t['arch']} r{t['ratio']:g} | {t['defence']} | {t['gi_strength']:g} | {percent(t['clean_acc'])} | "
-           f"{_interval(t, 'ensemble')} | {_interval(t, 'worst')} | {t['strongest']} |" for t in table]
+           f"{with_interval(t, 'ensemble')} | {with_interval(t, 'worst')} | {t['strongest']} |" for t in table]
     md += ["", "## What off-the-shelf defaults report (mean robust accuracy over the models, %)", "",
            "| attack | undefended | GI |", "|---|---:|---:|"]
     md += [f"| {r['attack']} | {percent(r['none'])} | {percent(r['GI'])} |" for r in defaults_table(rows)]

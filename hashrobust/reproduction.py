@@ -35,7 +35,7 @@ from .attacks import BIM, FGSM, JSMA
 from .data import ImageDataset, load_dataset
 from .defenses import GradientMaskingWarning, choose_strength, gradient_inhibition, inhibition_report
 from .evaluation import jsma_success, success_rate
-from .reports import DATASET_NAMES, OKABE_ITO, percent, write_csv
+from .reports import DATASET_NAMES, OKABE_ITO, percent, with_interval, write_csv
 from .zoo import load_pretrained, standard_entries
 
 __all__ = ["PAPER_AVERAGE", "ATTACK_EPS", "SELECTION", "defend_by_rule", "reproduce", "average_success",
@@ -286,8 +286,7 @@ def write_reproduction(cells: list[dict], curves: list[dict], out_dir: str | Pat
             pick = {d: next(c for c in cells if (c["arch"], c["ratio"], c["defence"], c["attack"]) ==
                             (arch, ratio, d, attack)) for d in ("none", "GI")}
             md.append(f"| {arch} r{ratio:g} | {attack} | " + " | ".join(
-                f"{percent(c['success'])} [{percent(c['success_low'])}, {percent(c['success_high'])}]"
-                for c in (pick["none"], pick["GI"])) + " |")
+                with_interval(c, "success") for c in (pick["none"], pick["GI"])) + " |")
     md += ["", "![success, clean accuracy, zero-gradient fraction and the strength trade-off](reproduction.png)", "",
            "The full strength trade-off of every model (zero-gradient fraction and clean accuracy on the selection "
            "images, FGSM success on the test images) is in strength_curves.csv.", "",
